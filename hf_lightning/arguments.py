@@ -1,0 +1,302 @@
+"""``TrainingArguments`` -> Lightning ``Trainer`` settings, with every problem reported up front.
+
+No Lightning import here: this module only decides. ``trainer.build_trainer`` turns the decisions
+into objects. ``ARGUMENT_SUPPORT`` classifies every ``TrainingArguments`` field, and the README's
+table is generated from it (``python -m hf_lightning.arguments``), so a field can't be ignored
+silently: a test checks that the table covers every field of the installed transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .state import strategy_name
+
+__all__ = [
+    "ARGUMENT_SUPPORT",
+    "HONOURED",
+    "NOT_APPLICABLE",
+    "UNSUPPORTED",
+    "LIGHTNING_LOGGERS",
+    "precision_for",
+    "trainer_limits",
+    "validate_arguments",
+    "unsupported_arguments",
+    "resolve_report_to",
+]
+
+HONOURED = "honoured"
+NOT_APPLICABLE = "not applicable"
+UNSUPPORTED = "unsupported (error if set)"
+
+# One line per field of transformers' TrainingArguments: (status, how/why).
+ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
+    "output_dir": (HONOURED, "checkpoint-N folders, TensorBoard/CSV logs and `save_model()` go here"),
+    "per_device_train_batch_size": (HONOURED, "micro-batch size per process"),
+    "num_train_epochs": (HONOURED, "fractional epochs included; sets Lightning's max_epochs/max_steps"),
+    "max_steps": (HONOURED, "optimizer steps; Lightning's `max_steps`"),
+    "learning_rate": (HONOURED, "initial lr of both HF parameter groups"),
+    "lr_scheduler_type": (HONOURED, "every name, through `transformers.get_scheduler`; plateau/greedy stepped on the eval metric"),
+    "lr_scheduler_kwargs": (HONOURED, "passed to `get_scheduler`"),
+    "warmup_steps": (HONOURED, "a count (>=1) or a ratio of max_steps ([0,1))"),
+    "optim": (HONOURED, "every name transformers knows, through `Trainer.get_optimizer_cls_and_kwargs`"),
+    "optim_args": (HONOURED, "parsed by transformers"),
+    "weight_decay": (HONOURED, "the two HF parameter groups, with transformers' no-decay rule"),
+    "adam_beta1": (HONOURED, "AdamW betas"),
+    "adam_beta2": (HONOURED, "AdamW betas"),
+    "adam_epsilon": (HONOURED, "AdamW eps"),
+    "optim_target_modules": (HONOURED, "passed to the GaLore/APOLLO optimizers by transformers"),
+    "gradient_accumulation_steps": (HONOURED, "one Lightning batch is one accumulation group; the last group of an epoch is short"),
+    "average_tokens_across_devices": (HONOURED, "`num_items_in_batch` summed over ranks and the loss scaled by the world size"),
+    "max_grad_norm": (HONOURED, "clipping after unscaling, also with fused AdamW under fp16; the pre-clip norm is logged"),
+    "label_smoothing_factor": (HONOURED, "transformers' `LabelSmoother`, with the causal-LM shift"),
+    "bf16": (HONOURED, "Lightning precision `bf16-mixed`"),
+    "fp16": (HONOURED, "Lightning precision `16-mixed` (GradScaler, `scaler.pt` in checkpoints)"),
+    "bf16_full_eval": (HONOURED, "the model is cast to bf16 for evaluation outside training"),
+    "fp16_full_eval": (HONOURED, "the model is cast to fp16 for evaluation outside training"),
+    "tf32": (HONOURED, "sets `torch.backends.cuda.matmul.allow_tf32` and cudnn's flag"),
+    "activation_checkpointing": (HONOURED, "`model.activation_checkpointing_enable()` (or gradient_checkpointing_enable)"),
+    "activation_checkpointing_kwargs": (HONOURED, "passed to the model's checkpointing method"),
+    "gradient_checkpointing": (HONOURED, "deprecated alias of `activation_checkpointing`, resolved by transformers"),
+    "gradient_checkpointing_kwargs": (HONOURED, "deprecated alias of `activation_checkpointing_kwargs`"),
+    "torch_compile": (HONOURED, "`model.compile()` in place, so state-dict keys stay those of the model"),
+    "torch_compile_backend": (HONOURED, "passed to `model.compile`"),
+    "torch_compile_mode": (HONOURED, "passed to `model.compile`"),
+    "use_liger_kernel": (UNSUPPORTED, "Liger kernels patch the model through accelerate; not wired in"),
+    "liger_kernel_config": (UNSUPPORTED, "see `use_liger_kernel`"),
+    "use_cache": (HONOURED, "written to `model.config.use_cache` like transformers does"),
+    "neftune_noise_alpha": (HONOURED, "transformers' NEFTune hook is attached for training and removed after"),
+    "torch_empty_cache_steps": (HONOURED, "the accelerator cache is emptied every N optimizer steps"),
+    "auto_find_batch_size": (UNSUPPORTED, "retrying on OOM is not implemented; use Lightning's BatchSizeFinder"),
+    "logging_strategy": (HONOURED, "no / steps / epoch, in optimizer steps"),
+    "logging_steps": (HONOURED, "int or ratio of max_steps"),
+    "logging_first_step": (HONOURED, "log after the first optimizer step"),
+    "log_on_each_node": (HONOURED, "transformers' process log level on non-zero local ranks"),
+    "logging_nan_inf_filter": (HONOURED, "NaN/Inf step losses are replaced without a host sync"),
+    "include_num_input_tokens_seen": (HONOURED, "no / all / non_padding; counted on device, synced at logging steps"),
+    "log_level": (HONOURED, "transformers' logging verbosity on the main process"),
+    "log_level_replica": (HONOURED, "transformers' logging verbosity on replicas"),
+    "disable_tqdm": (HONOURED, "Lightning's progress bar on/off; PrinterCallback semantics when off"),
+    "report_to": (HONOURED, "tensorboard, csv, wandb, mlflow, comet_ml, neptune -> Lightning loggers; other integrations run as transformers callbacks"),
+    "run_name": (HONOURED, "logger run name/version"),
+    "project": (HONOURED, "logger project (wandb, comet, neptune, mlflow experiment)"),
+    "trackio_space_id": (HONOURED, "read by transformers' trackio callback"),
+    "trackio_bucket_id": (HONOURED, "read by transformers' trackio callback"),
+    "trackio_static_space_id": (HONOURED, "read by transformers' trackio callback"),
+    "eval_strategy": (HONOURED, "no / steps / epoch, in optimizer steps, including the v5 final eval"),
+    "eval_steps": (HONOURED, "int or ratio; defaults to logging_steps"),
+    "eval_delay": (HONOURED, "steps or epochs before the first eval"),
+    "per_device_eval_batch_size": (HONOURED, "eval/predict batch size per process"),
+    "prediction_loss_only": (HONOURED, "predictions are not gathered"),
+    "eval_on_start": (HONOURED, "an eval at step 0 before the first epoch"),
+    "eval_do_concat_batches": (HONOURED, "transformers' EvalLoopContainer"),
+    "eval_use_gather_object": (HONOURED, "non-tensor outputs gathered with `all_gather_object`"),
+    "eval_accumulation_steps": (HONOURED, "predictions moved to CPU every N eval steps"),
+    "include_for_metrics": (HONOURED, "`inputs` and `loss` passed to `compute_metrics`"),
+    "batch_eval_metrics": (HONOURED, "`compute_metrics(..., compute_result=)` per batch"),
+    "save_only_model": (HONOURED, "no optimizer/scheduler/rng files"),
+    "save_strategy": (HONOURED, "no / steps / epoch / best"),
+    "save_steps": (HONOURED, "int or ratio"),
+    "save_on_each_node": (HONOURED, "local rank 0 of every node writes the model files"),
+    "save_total_limit": (HONOURED, "rotation protecting the newest and the best checkpoint, limit-1 rule at the end"),
+    "enable_jit_checkpoint": (UNSUPPORTED, "use Lightning's SIGTERM handling; our saves are atomic anyway"),
+    "push_to_hub": (UNSUPPORTED, "no Hub push from hf_lightning; call `model.push_to_hub` yourself"),
+    "hub_token": (NOT_APPLICABLE, "only used with push_to_hub"),
+    "hub_private_repo": (NOT_APPLICABLE, "only used with push_to_hub"),
+    "hub_model_id": (NOT_APPLICABLE, "only used with push_to_hub"),
+    "hub_strategy": (NOT_APPLICABLE, "only used with push_to_hub"),
+    "hub_always_push": (NOT_APPLICABLE, "only used with push_to_hub"),
+    "hub_revision": (NOT_APPLICABLE, "only used with push_to_hub"),
+    "load_best_model_at_end": (HONOURED, "best weights loaded after the train summary"),
+    "metric_for_best_model": (HONOURED, "`eval_` prefix added; may name a torchmetrics metric"),
+    "greater_is_better": (HONOURED, "defaults to `not metric.endswith('loss')`"),
+    "ignore_data_skip": (HONOURED, "resume restarts the epoch from its first batch"),
+    "restore_callback_states_from_checkpoint": (HONOURED, "ExportableState callbacks rebuilt from `stateful_callbacks`"),
+    "full_determinism": (HONOURED, "`enable_full_determinism(seed)` and Lightning `deterministic=True`"),
+    "seed": (HONOURED, "`set_seed(seed)` when the trainer is built, as transformers does in `Trainer.__init__`"),
+    "data_seed": (HONOURED, "seed of the epoch permutations"),
+    "use_cpu": (HONOURED, "Lightning accelerator `cpu`"),
+    "accelerator_config": (NOT_APPLICABLE, "accelerate-specific; Lightning prepares data and models itself"),
+    "parallelism_config": (UNSUPPORTED, "tensor/context/sequence parallelism of accelerate; use a Lightning strategy"),
+    "dataloader_drop_last": (HONOURED, "train and eval dataloaders"),
+    "dataloader_num_workers": (HONOURED, "DataLoader workers, seeded like transformers"),
+    "dataloader_pin_memory": (HONOURED, "DataLoader pin_memory"),
+    "dataloader_persistent_workers": (HONOURED, "DataLoader persistent_workers"),
+    "dataloader_prefetch_factor": (HONOURED, "DataLoader prefetch_factor"),
+    "dataloader_multiprocessing_context": (HONOURED, "DataLoader multiprocessing_context"),
+    "dataloader_in_order": (HONOURED, "DataLoader in_order"),
+    "remove_unused_columns": (HONOURED, "by the forward signature (PEFT unwrapped), `RemoveColumnsCollator` for torch datasets"),
+    "label_names": (HONOURED, "which inputs are labels in evaluation"),
+    "train_sampling_strategy": (HONOURED, "random / sequential / group_by_length (batch_rebalance: error)"),
+    "length_column_name": (HONOURED, "lengths for group_by_length"),
+    "ddp_find_unused_parameters": (HONOURED, "passed to Lightning's DDPStrategy"),
+    "ddp_bucket_cap_mb": (HONOURED, "passed to Lightning's DDPStrategy"),
+    "ddp_broadcast_buffers": (HONOURED, "passed to Lightning's DDPStrategy"),
+    "ddp_static_graph": (HONOURED, "passed to Lightning's DDPStrategy"),
+    "ddp_backend": (HONOURED, "process group backend of Lightning's DDPStrategy"),
+    "ddp_timeout": (HONOURED, "process group timeout of Lightning's DDP/FSDP strategies"),
+    "fsdp": (UNSUPPORTED, "accelerate's FSDP plugin; pass `strategy=FSDPStrategy(...)` or `ModelParallelStrategy` instead"),
+    "fsdp_config": (UNSUPPORTED, "see `fsdp`"),
+    "deepspeed": (UNSUPPORTED, "pass Lightning's `strategy=\"deepspeed_stage_N\"` instead; HF DeepSpeed folders are not written"),
+    "debug": (UNSUPPORTED, "underflow/overflow debugging of transformers is not wired in"),
+    "skip_memory_metrics": (HONOURED, "memory keys added to the train summary when False"),
+    "do_train": (NOT_APPLICABLE, "not read by transformers.Trainer either (for scripts)"),
+    "do_eval": (NOT_APPLICABLE, "not read by transformers.Trainer either (for scripts)"),
+    "do_predict": (NOT_APPLICABLE, "not read by transformers.Trainer either (for scripts)"),
+    "resume_from_checkpoint": (NOT_APPLICABLE, "not read by transformers.Trainer either; pass it to `train()` or `--ckpt_path`"),
+    "local_rank": (NOT_APPLICABLE, "set by the launcher; Lightning's cluster environment owns ranks"),
+}
+
+# report_to names served by a Lightning logger; every other transformers integration runs as its
+# own TrainerCallback through the callback bridge.
+LIGHTNING_LOGGERS = ("tensorboard", "csv", "wandb", "mlflow", "comet_ml", "neptune")
+
+
+def _default_of(name: str) -> Any:
+    field = {f.name: f for f in dataclasses.fields(TrainingArguments)}[name]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return None
+
+
+def unsupported_arguments(args: TrainingArguments) -> list[str]:
+    """Names of unsupported fields set to something other than their default, with why."""
+    problems = []
+    for name, (status, why) in ARGUMENT_SUPPORT.items():
+        if status != UNSUPPORTED or not hasattr(args, name):
+            continue
+        value = getattr(args, name)
+        default = _default_of(name)
+        if name in ("fsdp",) and (value in (None, "", [], False)):
+            continue
+        if name == "debug" and (value in ("", [], None)):
+            continue
+        if value != default and value not in (None, False, "", [], {}):
+            problems.append(f"`{name}={value!r}` is not supported by hf_lightning: {why}.")
+    if strategy_name(args.train_sampling_strategy) == "batch_rebalance":
+        problems.append(
+            "`train_sampling_strategy='batch_rebalance'` is not supported by hf_lightning; "
+            "use 'random', 'sequential' or 'group_by_length'."
+        )
+    return problems
+
+
+def resolve_report_to(report_to: str | list[str] | None) -> list[str]:
+    """transformers' ``report_to`` as a list of names (``"all"`` -> every installed integration)."""
+    if report_to is None:
+        return []
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    if names in (["none"], []):
+        return []
+    if names == ["all"]:
+        from transformers.integrations import get_available_reporting_integrations
+
+        return sorted(set(get_available_reporting_integrations()) | {"csv"})
+    return names
+
+
+def _report_to_problems(report_to: list[str]) -> list[str]:
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    known = sorted(set(LIGHTNING_LOGGERS) | set(INTEGRATION_TO_CALLBACK))
+    return [
+        f"`report_to` contains {name!r}, which is not a known integration; valid names are {known}, 'all' or 'none'."
+        for name in report_to
+        if name not in known
+    ]
+
+
+def precision_for(args: TrainingArguments) -> str:
+    """Lightning precision string for ``bf16``/``fp16``."""
+    if args.bf16:
+        return "bf16-mixed"
+    if args.fp16:
+        return "16-mixed"
+    return "32-true"
+
+
+def trainer_limits(args: TrainingArguments) -> dict[str, int]:
+    """Lightning ``max_steps``/``max_epochs`` known from the arguments alone.
+
+    Fractional ``num_train_epochs`` needs the dataset length; the flow callback refines the limits at
+    train start from the ``TrainPlan``.
+    """
+    if args.max_steps > 0:
+        return {"max_steps": args.max_steps, "max_epochs": -1}
+    return {"max_steps": -1, "max_epochs": max(math.ceil(args.num_train_epochs), 1)}
+
+
+def validate_arguments(
+    args: TrainingArguments,
+    *,
+    has_train_dataset: bool | None = None,
+    train_dataset_has_length: bool | None = None,
+    has_eval_dataset: bool | None = None,
+    compute_metrics: Callable | None = None,
+    optimizers: tuple[Any, Any] = (None, None),
+    optimizer_cls_and_kwargs: tuple[type, dict] | None = None,
+) -> None:
+    """Collect every problem transformers.Trainer (and hf_lightning) would reject, and raise once.
+
+    ``None`` for a ``has_*`` flag means "not known yet" and skips the checks that need it.
+    """
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(
+            f"`args` must be a transformers.TrainingArguments (or a subclass), got {type(args).__name__}."
+        )
+    problems: list[str] = []
+    problems += unsupported_arguments(args)
+    problems += _report_to_problems(resolve_report_to(args.report_to))
+    eval_strategy = strategy_name(args.eval_strategy)
+    save_strategy = strategy_name(args.save_strategy)
+    if has_eval_dataset is False and eval_strategy != "no":
+        problems.append(
+            f"`eval_strategy={eval_strategy!r}` needs an eval dataset, but none was given; pass `eval_dataset` "
+            "or set `eval_strategy='no'`."
+        )
+    if has_eval_dataset is False and args.eval_on_start:
+        problems.append("`eval_on_start=True` needs an eval dataset, but none was given.")
+    if (save_strategy == "best" or args.load_best_model_at_end) and args.metric_for_best_model is None:
+        problems.append(
+            "`metric_for_best_model` must be set when `save_strategy='best'` or `load_best_model_at_end=True`."
+        )
+    if save_strategy == "best" and eval_strategy == "no":
+        problems.append("`save_strategy='best'` saves after evaluations, but `eval_strategy='no'` never evaluates.")
+    if args.batch_eval_metrics and compute_metrics is not None:
+        if "compute_result" not in inspect.signature(compute_metrics).parameters:
+            problems.append(
+                "`batch_eval_metrics=True` needs a `compute_metrics(eval_pred, compute_result)` that takes a "
+                "`compute_result` argument (True on the last batch)."
+            )
+    if optimizer_cls_and_kwargs is not None and optimizers[0] is not None:
+        problems.append("Passing both `optimizers` and `optimizer_cls_and_kwargs` is incompatible.")
+    if has_train_dataset and train_dataset_has_length is False and args.max_steps <= 0:
+        problems.append(
+            f"The train dataset has no length, so `max_steps` must be > 0 (got {args.max_steps}); the number of "
+            "optimizer steps is needed for the scheduler."
+        )
+    if args.gradient_accumulation_steps < 1:
+        problems.append(f"`gradient_accumulation_steps` must be >= 1, got {args.gradient_accumulation_steps}.")
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        problems.append(f"`warmup_steps` must be >= 0 (a count, or a ratio in [0, 1)), got {args.warmup_steps}.")
+    if problems:
+        raise ValueError("Invalid training configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _markdown_table() -> str:
+    rows = ["| TrainingArguments field | status | how / why |", "|---|---|---|"]
+    for name, (status, why) in ARGUMENT_SUPPORT.items():
+        rows.append(f"| `{name}` | {status} | {why} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # pragma: no cover - prints the README table
+    print(_markdown_table())

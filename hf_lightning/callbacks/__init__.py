@@ -1,0 +1,6 @@
+"""Lightning callbacks that carry transformers.Trainer's schedules, logs and checkpoints."""
+
+from .checkpoint import HFCheckpoint
+from .flow import FlowDecisions, HFFlowCallback
+
+__all__ = ["HFFlowCallback", "HFCheckpoint", "FlowDecisions"]

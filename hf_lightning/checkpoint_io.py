@@ -1,0 +1,117 @@
+"""``HFCheckpointIO``: Lightning's CheckpointIO for transformers' ``checkpoint-N`` folders.
+
+Lightning gathers the state (model, optimizer, schedulers, precision, callbacks) through its
+strategy and hands this plugin one dict; this plugin writes it in transformers' layout, and reads
+a transformers folder back into the dict Lightning restores from. So ``trainer.save_checkpoint(dir)``
+and ``trainer.fit(ckpt_path=dir)`` speak the transformers format, including folders written by
+transformers.Trainer itself. Plain Lightning ``.ckpt`` files still load through torch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.plugins.io import CheckpointIO
+from typing_extensions import override
+
+from . import hf_format
+from .hf_format import CheckpointError
+
+__all__ = ["HFCheckpointIO", "MODEL_PREFIX", "EXTRAS_KEY", "is_hf_checkpoint"]
+
+MODEL_PREFIX = "model."
+EXTRAS_KEY = "hf_lightning"
+_PRECISION_KEYS = ("MixedPrecision", "FSDPPrecision", "HalfPrecision")
+
+
+def is_hf_checkpoint(path: str | os.PathLike) -> bool:
+    """A folder (rather than a Lightning ``.ckpt`` file)."""
+    return os.path.isdir(path)
+
+
+class HFCheckpointIO(CheckpointIO):
+    """Write and read transformers checkpoint folders from Lightning's checkpoint dict."""
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
+        extras = checkpoint.get(EXTRAS_KEY) or {}
+        model = extras.get("model")
+        if model is None:
+            raise CheckpointError(
+                f"{path}: HFCheckpointIO writes transformers folders and needs the model object, which HFModule adds "
+                "to the checkpoint; this LightningModule is not an HFModule."
+            )
+        os.makedirs(path, exist_ok=True)
+        state_dict = {k[len(MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+        hf_format.save_model_files(
+            path,
+            model,
+            state_dict=state_dict,
+            processing_class=extras.get("processing_class"),
+            data_collator=extras.get("data_collator"),
+            args=extras.get("args"),
+        )
+        if checkpoint.get("optimizer_states"):
+            hf_format.save_torch(checkpoint["optimizer_states"][0], os.path.join(path, hf_format.OPTIMIZER_NAME))
+        if checkpoint.get("lr_schedulers"):
+            hf_format.save_torch(checkpoint["lr_schedulers"][0], os.path.join(path, hf_format.SCHEDULER_NAME))
+        for key in _PRECISION_KEYS:
+            if checkpoint.get(key):
+                hf_format.save_torch(checkpoint[key], os.path.join(path, hf_format.SCALER_NAME))
+                break
+        flow_state = (checkpoint.get("callbacks") or {}).get("HFFlowCallback")
+        if flow_state and "trainer_state" in flow_state:
+            from transformers import TrainerState
+
+            hf_format.write_trainer_state(TrainerState(**flow_state["trainer_state"]), path)
+
+    @override
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        path = str(path)
+        if not os.path.exists(path):
+            raise CheckpointError(f"{path}: checkpoint not found (neither a checkpoint-N folder nor a file).")
+        if not is_hf_checkpoint(path):
+            return TorchCheckpointIO().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        return load_hf_checkpoint(path)
+
+    @override
+    def remove_checkpoint(self, path: str | os.PathLike) -> None:
+        import shutil
+
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def load_hf_checkpoint(path: str) -> dict[str, Any]:
+    """A transformers ``checkpoint-N`` folder as the dict Lightning restores from."""
+    state = hf_format.read_trainer_state(path)
+    weights = hf_format.load_model_state_dict(path)
+    checkpoint: dict[str, Any] = {
+        "state_dict": {MODEL_PREFIX + k: v for k, v in weights.items()},
+        "epoch": 0,
+        "global_step": state.global_step if state is not None else 0,
+        "pytorch-lightning_version": pl.__version__,
+        EXTRAS_KEY: {"source_dir": path, "trainer_state": state, "weights_file": _weights_file(path)},
+    }
+    if hf_format.has_training_state(path):
+        checkpoint["optimizer_states"] = [hf_format.load_torch(os.path.join(path, hf_format.OPTIMIZER_NAME))]
+        checkpoint["lr_schedulers"] = [hf_format.load_torch(os.path.join(path, hf_format.SCHEDULER_NAME))]
+    scaler = os.path.join(path, hf_format.SCALER_NAME)
+    if os.path.isfile(scaler):
+        scaler_state = hf_format.load_torch(scaler)
+        for key in _PRECISION_KEYS:
+            checkpoint[key] = scaler_state
+    return checkpoint
+
+
+def _weights_file(path: str) -> str:
+    for name in (hf_format.SAFE_WEIGHTS_NAME, "model.safetensors.index.json", "pytorch_model.bin"):
+        candidate = os.path.join(path, name)
+        if os.path.isfile(candidate):
+            return candidate
+    return path

@@ -1,0 +1,347 @@
+"""The transformers checkpoint layout: file names, writing and reading ``checkpoint-N`` folders.
+
+Pure I/O with torch, safetensors and transformers; no Lightning import. File names are the
+constants transformers itself uses. Everything that reads a checkpoint reports problems by
+naming the file and what is wrong with it, and every ``torch.load`` runs with
+``weights_only=True`` so a checkpoint can never execute code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from transformers import PreTrainedModel, TrainerState
+from transformers.trainer import (
+    FSDP_MODEL_NAME,
+    OPTIMIZER_NAME,
+    OPTIMIZER_NAME_BIN,
+    SCALER_NAME,
+    SCHEDULER_NAME,
+    TRAINER_STATE_NAME,
+    TRAINING_ARGS_NAME,
+)
+from transformers.trainer_pt_utils import safe_globals
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints, sort_checkpoints
+from transformers.utils import (
+    ADAPTER_SAFE_WEIGHTS_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    CONFIG_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
+
+__all__ = [
+    "PREFIX_CHECKPOINT_DIR",
+    "TRAINER_STATE_NAME",
+    "TRAINING_ARGS_NAME",
+    "OPTIMIZER_NAME",
+    "OPTIMIZER_NAME_BIN",
+    "SCHEDULER_NAME",
+    "SCALER_NAME",
+    "FSDP_MODEL_NAME",
+    "SAFE_WEIGHTS_NAME",
+    "CONFIG_NAME",
+    "CheckpointError",
+    "checkpoint_name",
+    "temporary_name",
+    "get_last_checkpoint",
+    "find_last_checkpoint",
+    "remove_incomplete_checkpoints",
+    "rotate_checkpoints",
+    "sort_checkpoints",
+    "rng_file_name",
+    "capture_rng_state",
+    "restore_rng_state",
+    "save_model_files",
+    "save_torch",
+    "load_torch",
+    "load_model_state_dict",
+    "read_trainer_state",
+    "write_trainer_state",
+    "has_training_state",
+    "publish_checkpoint",
+]
+
+_TMP_PREFIX = ".tmp-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing, incomplete or does not fit the model."""
+
+
+def checkpoint_name(global_step: int) -> str:
+    """``checkpoint-{global_step}``, the folder name transformers uses."""
+    return f"{PREFIX_CHECKPOINT_DIR}-{global_step}"
+
+
+def temporary_name(global_step: int) -> str:
+    """Where a checkpoint is written before it is renamed into place.
+
+    The leading dot keeps it out of ``checkpoint-*`` globs and ``get_last_checkpoint``, so resume
+    can never pick up a half-written folder, in hf_lightning or in transformers.
+    """
+    return f"{_TMP_PREFIX}{checkpoint_name(global_step)}"
+
+
+def find_last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The ``checkpoint-N`` folder with the largest N in ``output_dir`` (transformers' rule), or None."""
+    if not os.path.isdir(output_dir):
+        return None
+    return get_last_checkpoint(str(output_dir))
+
+
+def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[str]:
+    """Delete the temporary folders a killed save left behind; return what was removed."""
+    removed = []
+    if not os.path.isdir(output_dir):
+        return removed
+    for entry in os.listdir(output_dir):
+        if entry.startswith(_TMP_PREFIX + PREFIX_CHECKPOINT_DIR) or entry.startswith(".old-" + PREFIX_CHECKPOINT_DIR):
+            path = os.path.join(output_dir, entry)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def publish_checkpoint(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
+    """Move a complete checkpoint into place in one rename.
+
+    A folder already at ``final_dir`` (a second save at the same step) is moved aside first and
+    deleted after, so at every instant ``final_dir`` is either the old complete folder or the new one.
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    _fsync_tree(tmp_dir)
+    old = None
+    if final_dir.exists():
+        old = final_dir.with_name(".old-" + final_dir.name)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final_dir, old)
+    os.replace(tmp_dir, final_dir)
+    _fsync_dir(final_dir.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------- rng
+
+
+def rng_file_name(world_size: int, rank: int) -> str:
+    """``rng_state.pth`` for one process, ``rng_state_{rank}.pth`` for several (§1.5)."""
+    return "rng_state.pth" if world_size <= 1 else f"rng_state_{rank}.pth"
+
+
+def capture_rng_state(distributed: bool = False) -> dict[str, Any]:
+    """The dict transformers writes to ``rng_state*.pth``: python, numpy, cpu (and cuda)."""
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cpu": torch.random.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.random.get_rng_state_all() if distributed else torch.cuda.random.get_rng_state()
+    return states
+
+
+def restore_rng_state(path: str | os.PathLike, distributed: bool = False) -> bool:
+    """Restore the RNG states saved in ``path``; False (and nothing changed) if the file is absent."""
+    if not os.path.isfile(path):
+        return False
+    states = load_torch(path)
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.random.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available():
+        if distributed and isinstance(states["cuda"], (list, tuple)):
+            torch.cuda.random.set_rng_state_all(states["cuda"])
+        else:
+            cuda_state = states["cuda"][0] if isinstance(states["cuda"], (list, tuple)) else states["cuda"]
+            torch.cuda.random.set_rng_state(cuda_state)
+    return True
+
+
+# -------------------------------------------------------------------------------------- torch files
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` as transformers writes ``optimizer.pt``/``scheduler.pt``/``scaler.pt``."""
+    torch.save(obj, path)
+
+
+def load_torch(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Any:
+    """Load a ``.pt``/``.pth`` checkpoint file without executing any code from it.
+
+    ``weights_only=True`` with only numpy's array reconstruction allowed (what rng states need).
+    A file that wants anything else is refused with an error that names it.
+    """
+    try:
+        with safe_globals():
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found.") from None
+    except Exception as error:  # pickle.UnpicklingError, RuntimeError from torch's weights_only unpickler
+        raise CheckpointError(
+            f"{path}: refused to load. Only tensors, numbers, strings and containers are accepted from a checkpoint "
+            f"(weights_only=True), and this file asks for more: {str(error).splitlines()[0]}"
+        ) from error
+
+
+# ---------------------------------------------------------------------------------------- the model
+
+
+def _is_peft_model(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def save_model_files(
+    output_dir: str | os.PathLike,
+    model: torch.nn.Module,
+    *,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    processing_class: Any = None,
+    data_collator: Any = None,
+    args: Any = None,
+) -> None:
+    """What ``Trainer._save`` writes: weights (+config), tokenizer files and ``training_args.bin`` (§1.2).
+
+    ``state_dict`` is the full (gathered) state of ``model``; None means "read it from the model".
+    Call on the writing rank only.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    if isinstance(model, PreTrainedModel) or _is_peft_model(model):
+        model.save_pretrained(output_dir, state_dict=dict(state_dict) if state_dict is not None else None)
+    else:
+        tensors = dict(state_dict) if state_dict is not None else model.state_dict()
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        safetensors.torch.save_file(tensors, os.path.join(output_dir, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+    tokenizer = processing_class
+    if tokenizer is None and data_collator is not None:
+        tokenizer = getattr(data_collator, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
+    if args is not None:
+        torch.save(args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+
+def _weight_files(checkpoint_dir: str) -> list[str]:
+    names = [
+        SAFE_WEIGHTS_NAME,
+        SAFE_WEIGHTS_INDEX_NAME,
+        WEIGHTS_NAME,
+        WEIGHTS_INDEX_NAME,
+        ADAPTER_SAFE_WEIGHTS_NAME,
+        ADAPTER_WEIGHTS_NAME,
+        f"{FSDP_MODEL_NAME}.bin",
+    ]
+    present = [n for n in names if os.path.isfile(os.path.join(checkpoint_dir, n))]
+    present += [
+        d
+        for d in os.listdir(checkpoint_dir)
+        if os.path.isdir(os.path.join(checkpoint_dir, d)) and d.startswith(FSDP_MODEL_NAME)
+    ]
+    return present
+
+
+def load_model_state_dict(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint folder as one CPU state dict.
+
+    Reads ``model.safetensors``, a sharded safetensors index, or ``pytorch_model.bin`` (weights only),
+    in transformers' order of preference. Errors name the folder and the file at fault.
+    """
+    checkpoint_dir = str(checkpoint_dir)
+    if not os.path.isdir(checkpoint_dir):
+        raise CheckpointError(f"{checkpoint_dir}: checkpoint folder not found.")
+    safe = os.path.join(checkpoint_dir, SAFE_WEIGHTS_NAME)
+    safe_index = os.path.join(checkpoint_dir, SAFE_WEIGHTS_INDEX_NAME)
+    bin_file = os.path.join(checkpoint_dir, WEIGHTS_NAME)
+    if os.path.isfile(safe):
+        try:
+            return safetensors.torch.load_file(safe, device="cpu")
+        except Exception as error:
+            raise CheckpointError(f"{safe}: not a readable safetensors file ({error}).") from error
+    if os.path.isfile(safe_index):
+        try:
+            with open(safe_index, encoding="utf-8") as f:
+                index = json.load(f)
+            files = sorted(set(index["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{safe_index}: not a valid safetensors index ({error}).") from error
+        state: dict[str, torch.Tensor] = {}
+        for name in files:
+            shard = os.path.join(checkpoint_dir, name)
+            if not os.path.isfile(shard):
+                raise CheckpointError(f"{shard}: shard listed in {SAFE_WEIGHTS_INDEX_NAME} is missing.")
+            state.update(safetensors.torch.load_file(shard, device="cpu"))
+        return state
+    if os.path.isfile(bin_file):
+        return load_torch(bin_file)
+    present = sorted(os.listdir(checkpoint_dir))
+    raise CheckpointError(
+        f"{checkpoint_dir}: no model weights found (looked for {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME}, "
+        f"{WEIGHTS_NAME}); the folder holds {present}."
+    )
+
+
+# ------------------------------------------------------------------------------------ trainer state
+
+
+def read_trainer_state(checkpoint_dir: str | os.PathLike) -> TrainerState | None:
+    """``trainer_state.json`` of a checkpoint as a ``TrainerState``; None if the file is absent."""
+    path = os.path.join(checkpoint_dir, TRAINER_STATE_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        return TrainerState.load_from_json(path)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: corrupt JSON at line {error.lineno} column {error.colno} ({error.msg}).") from error
+    except TypeError as error:
+        raise CheckpointError(f"{path}: not a transformers TrainerState ({error}).") from error
+
+
+def write_trainer_state(state: TrainerState, checkpoint_dir: str | os.PathLike) -> None:
+    """``TrainerState.save_to_json`` (sorted keys, indent 2), as transformers writes it."""
+    state.save_to_json(os.path.join(checkpoint_dir, TRAINER_STATE_NAME))
+
+
+def has_training_state(checkpoint_dir: str | os.PathLike) -> bool:
+    """transformers restores optimizer and scheduler only when both files exist (§1.6)."""
+    d = str(checkpoint_dir)
+    has_optimizer = os.path.isfile(os.path.join(d, OPTIMIZER_NAME)) or os.path.isfile(os.path.join(d, OPTIMIZER_NAME_BIN))
+    return has_optimizer and os.path.isfile(os.path.join(d, SCHEDULER_NAME))
+
+
+@contextlib.contextmanager
+def _noop() -> Iterator[None]:
+    yield

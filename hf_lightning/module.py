@@ -1,0 +1,530 @@
+"""``HFModule``: one LightningModule for any ``PreTrainedModel`` (or plain ``nn.Module`` returning a loss).
+
+It owns *how* a step is computed, with transformers.Trainer's arithmetic: the accumulation group
+arrives as one Lightning batch, ``num_items_in_batch`` is counted over the group (and the ranks),
+each micro-batch is forwarded and back-propagated with the gradient all-reduce deferred to the
+last one, the loss is divided by the group's real size when the model does not normalise it,
+gradients are clipped after unscaling, then the optimizer and scheduler step. Nothing here leaves
+the device during a step; the flow callback reads the accumulators at logging steps only.
+
+*When* to log, evaluate and save is decided by ``callbacks.HFFlowCallback``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from transformers import TrainingArguments
+from transformers.trainer_utils import unwrap_peft_model
+from transformers.utils import can_return_loss, find_labels
+from typing_extensions import override
+
+from . import distributed
+from .data import MicroBatchGroup
+from .evaluation import EvalAccumulator, EvalResult, PredictionSettings, default_ignore_keys, prediction_step
+from .loss import LossSettings, compute_loss, count_items, loss_is_scaled_for_ga, loss_settings
+from .optim import create_optimizer, create_scheduler, is_plateau_scheduler
+from .schedule import TrainPlan, plan_training
+
+__all__ = ["HFModule"]
+
+HF_CHECKPOINT_KEY = "hf_lightning"
+
+
+def _optimizer_handles_unscaling(optimizer: Any) -> bool:
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+class HFModule(pl.LightningModule):
+    """Wrap a transformers model so Lightning trains it with transformers.Trainer's semantics.
+
+    Args:
+        model: a ``PreTrainedModel`` (or PEFT model), or an ``nn.Module`` whose forward returns a dict/``ModelOutput`` with ``loss``.
+        args: the transformers ``TrainingArguments`` that configure the run.
+        compute_metrics: ``EvalPrediction -> dict`` of metrics, as for transformers.Trainer.
+        preprocess_logits_for_metrics: ``(logits, labels) -> logits`` applied per eval batch before gathering.
+        compute_loss_func: ``(outputs, labels, num_items_in_batch) -> loss``, replacing the model's loss.
+        processing_class: the tokenizer/processor, saved with every checkpoint.
+        optimizers: ``(optimizer, scheduler)`` to use instead of the ones built from ``args``.
+        optimizer_cls_and_kwargs: ``(optimizer class, kwargs)`` to use instead of ``args.optim``.
+        metrics: a torchmetrics ``Metric``/``MetricCollection`` updated per eval batch, logged as ``eval_<name>``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: TrainingArguments,
+        *,
+        compute_metrics: Callable[..., dict] | None = None,
+        preprocess_logits_for_metrics: Callable[[Any, Any], Any] | None = None,
+        compute_loss_func: Callable[..., torch.Tensor] | None = None,
+        processing_class: Any = None,
+        optimizers: tuple[torch.optim.Optimizer | None, Any] = (None, None),
+        optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
+        metrics: Any = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module (a transformers PreTrainedModel), got {type(model).__name__}.")
+        if not isinstance(args, TrainingArguments):
+            raise TypeError(f"`args` must be a transformers.TrainingArguments, got {type(args).__name__}.")
+        _check_not_base_model(model)
+        self.automatic_optimization = False
+        self.model = model
+        self.args = args
+        self.compute_metrics = compute_metrics
+        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
+        self.compute_loss_func = compute_loss_func
+        self.processing_class = processing_class
+        self.user_optimizer, self.user_scheduler = optimizers
+        self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        self.metrics = metrics
+        inspected = unwrap_peft_model(model)
+        self.label_names: list[str] = list(args.label_names) if args.label_names is not None else find_labels(inspected.__class__)
+        self.can_return_loss = can_return_loss(inspected.__class__)
+        if getattr(model, "config", None) is not None:
+            model.config.use_cache = args.use_cache
+        # Loaded checkpoints are checked (and tied weights completed) in on_load_checkpoint.
+        self.strict_loading = False
+        self.train_plan: TrainPlan | None = None
+        self.hf_events: Callable[[str], None] | None = None
+        self.eval_prefix = "eval"
+        self.eval_ignore_keys: list[str] | None = None
+        self.model_preparation_time: float | None = None
+        self._reset_train_accumulators()
+        self._eval_runs: dict[int, tuple[str, EvalAccumulator, distributed.EvalGather]] = {}
+        self._loss_settings: LossSettings | None = None
+        self._num_params_for_flos: int | None = None
+        self._neftune_handle: Any = None
+        self._pending_checkpoint: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------------------ settings
+
+    @property
+    def loss_settings(self) -> LossSettings:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if self._loss_settings is None or self._loss_settings.world_size != world:
+            self._loss_settings = loss_settings(
+                self.model,
+                label_smoothing_factor=self.args.label_smoothing_factor,
+                compute_loss_func=self.compute_loss_func,
+                average_tokens_across_devices=self.args.average_tokens_across_devices,
+                world_size=world,
+            )
+        return self._loss_settings
+
+    @property
+    def main_input_name(self) -> str:
+        return getattr(self.model, "main_input_name", "input_ids")
+
+    @override
+    def forward(self, **inputs: Any) -> Any:
+        return self.model(**inputs)
+
+    # --------------------------------------------------------------------------------- setup
+
+    @override
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        args = self.args
+        if args.activation_checkpointing or getattr(args, "gradient_checkpointing", False):
+            kwargs = dict(args.activation_checkpointing_kwargs or args.gradient_checkpointing_kwargs or {})
+            enable = getattr(self.model, "activation_checkpointing_enable", None) or getattr(self.model, "gradient_checkpointing_enable")
+            try:
+                enable(activation_checkpointing_kwargs=kwargs or None)
+            except TypeError:
+                enable(gradient_checkpointing_kwargs=kwargs or None)
+        if args.neftune_noise_alpha is not None and self._neftune_handle is None:
+            from transformers.integrations.neftune import activate_neftune
+
+            self._neftune_handle = activate_neftune(self.model, args.neftune_noise_alpha)
+
+    @override
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self._neftune_handle is not None:
+            from transformers.integrations.neftune import deactivate_neftune
+
+            deactivate_neftune(self.model, self._neftune_handle)
+            self._neftune_handle = None
+
+    @override
+    def configure_model(self) -> None:
+        if self.args.torch_compile and not getattr(self.model, "_compiled_call_impl", None):
+            # In place, so state-dict keys (and so checkpoints) stay those of the model.
+            self.model.compile(backend=self.args.torch_compile_backend or "inductor", mode=self.args.torch_compile_mode)
+
+    def compute_train_plan(self) -> TrainPlan:
+        """The step arithmetic of the run, from the training dataloader Lightning set up."""
+        trainer = self.trainer
+        trainer.estimated_stepping_batches  # noqa: B018 - makes Lightning set up the training dataloader
+        loader = trainer.train_dataloader
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        micro = getattr(batch_sampler, "micro_batches_per_epoch", None)
+        ga = self.args.gradient_accumulation_steps
+        if micro is None:
+            try:
+                micro = len(loader) * (ga if _yields_groups(loader) else 1)
+            except TypeError:
+                micro = None
+            if ga > 1 and not _yields_groups(loader):
+                raise ValueError(
+                    f"`gradient_accumulation_steps={ga}` needs the accumulation groups that HFDataModule's dataloaders "
+                    "yield; a plain DataLoader gives single micro-batches. Use HFDataModule, or set it to 1."
+                )
+        dataset = getattr(loader, "dataset", None)
+        try:
+            num_examples = len(dataset) if dataset is not None else None
+        except TypeError:
+            num_examples = None
+        return plan_training(
+            max_steps=self.args.max_steps,
+            num_train_epochs=self.args.num_train_epochs,
+            gradient_accumulation_steps=ga,
+            per_device_train_batch_size=self.args.per_device_train_batch_size,
+            world_size=trainer.world_size,
+            micro_batches_per_epoch=micro,
+            num_examples=num_examples,
+        )
+
+    @override
+    def configure_optimizers(self) -> Any:
+        self.train_plan = self.compute_train_plan()
+        optimizer = self.user_optimizer
+        if optimizer is None:
+            optimizer = create_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
+        scheduler = self.user_scheduler
+        if scheduler is None:
+            scheduler = create_scheduler(optimizer, self.args, self.train_plan.max_steps)
+        self._fill_missing_training_state(optimizer, scheduler)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------ training
+
+    def _reset_train_accumulators(self) -> None:
+        self._tr_loss: torch.Tensor | None = None
+        self._grad_norm: torch.Tensor | None = None
+        self._learning_rate: float | None = None
+        self._tokens_pending: torch.Tensor | None = None
+        self.current_flos = 0.0
+        self.last_logged_step = 0
+
+    def _events(self, name: str) -> None:
+        if self.hf_events is not None:
+            self.hf_events(name)
+
+    def _flos_per_token(self) -> int:
+        if self._num_params_for_flos is None:
+            counter = getattr(self.model, "num_parameters", None)
+            self._num_params_for_flos = int(counter(exclude_embeddings=True)) if callable(counter) else 0
+        return self._num_params_for_flos
+
+    def _track_inputs(self, micro: Mapping[str, Any]) -> None:
+        main = micro.get(self.main_input_name) if isinstance(micro, Mapping) else None
+        if main is None or not hasattr(main, "numel"):
+            return
+        self.current_flos += float(6 * main.numel() * self._flos_per_token())
+        mode = str(self.args.include_num_input_tokens_seen)
+        if mode in ("no", "False"):
+            return
+        if mode == "non_padding":
+            if "attention_mask" in micro:
+                tokens = micro["attention_mask"].sum()
+            elif self.processing_class is not None and getattr(self.processing_class, "pad_token_id", None) is not None:
+                tokens = (main != self.processing_class.pad_token_id).sum()
+            else:
+                tokens = torch.tensor(main.numel(), device=main.device)
+        else:
+            tokens = torch.tensor(main.numel(), device=main.device)
+        tokens = tokens.to(torch.int64)
+        self._tokens_pending = tokens if self._tokens_pending is None else self._tokens_pending + tokens
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        group = batch if isinstance(batch, MicroBatchGroup) else [batch]
+        settings = self.loss_settings
+        strategy = self.trainer.strategy
+        num_items = count_items(group, settings)
+        if num_items is not None and settings.average_tokens_across_devices:
+            num_items = distributed.reduce_sum(strategy, num_items)
+        scaled = loss_is_scaled_for_ga(settings, num_items)
+        steps_since_log = self.trainer.global_step - self.last_logged_step
+        last = len(group) - 1
+        for i, micro in enumerate(group):
+            with distributed.gradient_sync(strategy, self, enabled=i == last):
+                loss = compute_loss(self.model, micro, settings, num_items_in_batch=num_items)
+                if not scaled:
+                    loss = loss / len(group)
+                self.manual_backward(loss)
+            step_loss = loss.detach()
+            if self._tr_loss is None:
+                self._tr_loss = torch.zeros((), device=step_loss.device, dtype=torch.float32)
+            if self.args.logging_nan_inf_filter:
+                # transformers replaces a NaN/Inf step loss by the running mean; torch.where avoids its host sync.
+                fallback = self._tr_loss / (1 + steps_since_log)
+                self._tr_loss = torch.where(torch.isfinite(step_loss), self._tr_loss + step_loss, self._tr_loss + fallback)
+            else:
+                self._tr_loss = self._tr_loss + step_loss
+            self._track_inputs(micro)
+            if i < last:
+                self._events("on_substep_end")
+        optimizer = self.optimizers()
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scale_before = scaler.get_scale() if scaler is not None else None
+        optimizer.step()
+        self._events("on_optimizer_step")
+        scheduler = self.lr_schedulers()
+        plateau = is_plateau_scheduler(scheduler)
+        inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        self._learning_rate = inner.param_groups[0]["lr"] if plateau or scheduler is None else scheduler.get_last_lr()[0]
+        skipped = scaler is not None and scaler.get_scale() < scale_before
+        if scheduler is not None and not plateau and not skipped:
+            scheduler.step()
+        optimizer.zero_grad()
+        empty_every = self.args.torch_empty_cache_steps
+        if empty_every and (self.trainer.global_step % empty_every == 0) and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and _optimizer_handles_unscaling(optimizer):
+            # Lightning leaves unscaling to fused optimizers; unscale first so the norm is the true one.
+            scaler.unscale_(optimizer)
+        max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else math.inf
+        self._grad_norm = distributed.clip_grad_norm(self.trainer.strategy, self, max_norm)
+        self._events("on_pre_optimizer_step")
+
+    def pop_train_loss(self) -> float:
+        """Mean over ranks of the loss summed since the last log; resets it. A collective."""
+        if self._tr_loss is None:
+            value = torch.zeros((), device=self.device)
+        else:
+            value = self._tr_loss
+        value = distributed.reduce_mean(self.trainer.strategy, value.float())
+        self._tr_loss = torch.zeros_like(value) if self._tr_loss is not None else None
+        self.last_logged_step = self.trainer.global_step
+        return float(value.item())
+
+    def last_grad_norm(self) -> float | None:
+        return None if self._grad_norm is None else float(self._grad_norm.item())
+
+    def last_learning_rate(self) -> float:
+        if self._learning_rate is not None:
+            return float(self._learning_rate)
+        scheduler = self.lr_schedulers() if self._trainer is not None else None
+        if scheduler is not None and not is_plateau_scheduler(scheduler):
+            return float(scheduler.get_last_lr()[0])
+        return float(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def pop_input_tokens(self) -> int:
+        """Input tokens counted since the last call, summed over ranks. A collective."""
+        pending = self._tokens_pending
+        if pending is None:
+            pending = torch.zeros((), dtype=torch.int64, device=self.device)
+        total = distributed.reduce_sum(self.trainer.strategy, pending)
+        self._tokens_pending = None
+        return int(total.item())
+
+    def pop_flos(self) -> float:
+        """FLOPs counted since the last call, summed over ranks. A collective."""
+        value = torch.tensor(self.current_flos, dtype=torch.float64, device=self.device)
+        self.current_flos = 0.0
+        return float(distributed.reduce_sum(self.trainer.strategy, value).item())
+
+    def plateau_step(self, metric: float) -> None:
+        """Step a ReduceLROnPlateau/GreedyLR scheduler with the eval metric (§6)."""
+        scheduler = self.lr_schedulers()
+        if scheduler is not None and is_plateau_scheduler(scheduler):
+            scheduler.step(metric)
+
+    # ---------------------------------------------------------------------------- evaluation
+
+    def _stage_prefix(self, stage: str) -> str:
+        return self.eval_prefix if stage == "validate" else getattr(self, "test_prefix", "test")
+
+    def _dataloader_names(self, stage: str) -> list[str] | None:
+        loaders = self.trainer.val_dataloaders if stage == "validate" else self.trainer.test_dataloaders
+        return list(loaders.keys()) if isinstance(loaders, Mapping) else None
+
+    def _dataset_len(self, stage: str, index: int) -> int | None:
+        loaders = self.trainer.val_dataloaders if stage == "validate" else self.trainer.test_dataloaders
+        if isinstance(loaders, Mapping):
+            loader = list(loaders.values())[index]
+        elif isinstance(loaders, (list, tuple)):
+            loader = loaders[index]
+        else:
+            loader = loaders
+        try:
+            return len(loader.dataset)
+        except (TypeError, AttributeError):
+            return None
+
+    def _num_batches(self, stage: str, index: int) -> int | float:
+        counts = self.trainer.num_val_batches if stage == "validate" else self.trainer.num_test_batches
+        return counts[index] if index < len(counts) else math.inf
+
+    def _eval_run(self, stage: str, index: int) -> tuple[str, EvalAccumulator, distributed.EvalGather]:
+        run = self._eval_runs.get(index)
+        if run is not None:
+            return run
+        names = self._dataloader_names(stage)
+        base = self._stage_prefix(stage)
+        prefix = f"{base}_{names[index]}" if names else base
+        args = self.args
+        if stage == "validate":
+            loss_only = (self.compute_metrics is None and self.metrics is None) or args.prediction_loss_only
+            keep = not args.batch_eval_metrics
+        else:
+            loss_only = args.prediction_loss_only
+            keep = True
+        gather = distributed.EvalGather(
+            self.trainer.strategy, num_samples=self._dataset_len(stage, index), batch_size=args.per_device_eval_batch_size
+        )
+        accumulator = EvalAccumulator(
+            prefix=prefix,
+            eval_batch_size=args.per_device_eval_batch_size,
+            compute_metrics=self.compute_metrics,
+            preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
+            include_for_metrics=list(args.include_for_metrics or []),
+            batch_eval_metrics=args.batch_eval_metrics,
+            eval_accumulation_steps=args.eval_accumulation_steps,
+            eval_do_concat_batches=args.eval_do_concat_batches,
+            logging_nan_inf_filter=args.logging_nan_inf_filter,
+            keep_predictions=keep,
+            gather=gather.gather,
+            pad=gather.pad,
+        )
+        accumulator.prediction_loss_only = loss_only  # type: ignore[attr-defined]
+        accumulator.start_time = time.time()  # type: ignore[attr-defined]
+        run = (prefix, accumulator, gather)
+        self._eval_runs[index] = run
+        return run
+
+    def _eval_step(self, batch: Any, batch_idx: int, dataloader_idx: int, stage: str) -> None:
+        prefix, accumulator, gather = self._eval_run(stage, dataloader_idx)
+        settings = PredictionSettings(label_names=self.label_names, can_return_loss=self.can_return_loss, loss=self.loss_settings)
+        ignore = self.eval_ignore_keys if self.eval_ignore_keys is not None else default_ignore_keys(self.model)
+        loss, logits, labels = prediction_step(
+            self.model, batch, settings, prediction_loss_only=accumulator.prediction_loss_only, ignore_keys=ignore  # type: ignore[attr-defined]
+        )
+        if self.metrics is not None and logits is not None and labels is not None:
+            self.update_torchmetrics(dataloader_idx, logits, labels)
+        main_input = batch.get(self.main_input_name) if isinstance(batch, Mapping) else None
+        gather.begin_batch()
+        is_last = batch_idx + 1 >= self._num_batches(stage, dataloader_idx)
+        accumulator.add(batch, loss, logits, labels, main_input=main_input, is_last=is_last)
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, batch_idx, dataloader_idx, "validate")
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, batch_idx, dataloader_idx, "test")
+
+    def update_torchmetrics(self, dataloader_idx: int, logits: Any, labels: Any) -> None:
+        """Hook for torchmetrics ``metrics=`` (see ``callbacks.metrics``)."""
+
+    def finish_eval(self, stage: str, dataloader_idx: int) -> tuple[str, EvalResult, float] | None:
+        """Close the evaluation of one dataloader: ``(prefix, result, start_time)``. A collective."""
+        run = self._eval_runs.pop(dataloader_idx, None)
+        if run is None:
+            return None
+        prefix, accumulator, _ = run
+        result = accumulator.finish(self._dataset_len(stage, dataloader_idx), model_preparation_time=self.model_preparation_time)
+        return prefix, result, accumulator.start_time  # type: ignore[attr-defined]
+
+    def pending_eval_indices(self) -> list[int]:
+        return sorted(self._eval_runs)
+
+    # --------------------------------------------------------------------------- checkpoints
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        collator = getattr(datamodule, "data_collator", None)
+        extras = checkpoint.setdefault(HF_CHECKPOINT_KEY, {})
+        extras.update(
+            {"model": self.model, "processing_class": self.processing_class, "data_collator": collator, "args": self.args}
+        )
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extras = checkpoint.get(HF_CHECKPOINT_KEY)
+        if not extras or "source_dir" not in extras:
+            return
+        from .hf_format import CheckpointError
+
+        state_dict = checkpoint["state_dict"]
+        expected = self.state_dict()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        tied = _tied_keys(self.model, prefix="model.")
+        fixable = [k for k in missing if k in tied and tied[k] in state_dict]
+        for key in fixable:
+            state_dict[key] = state_dict[tied[key]]
+        missing = [k for k in missing if k not in fixable]
+        weights = extras.get("weights_file", extras["source_dir"])
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{weights}: the weights do not fit {type(self.model).__name__}: "
+                f"missing {[k.removeprefix('model.') for k in missing][:10]}{' ...' if len(missing) > 10 else ''}, "
+                f"unexpected {[k.removeprefix('model.') for k in unexpected][:10]}{' ...' if len(unexpected) > 10 else ''}."
+            )
+        for key, value in state_dict.items():
+            target = expected.get(key)
+            if target is not None and tuple(target.shape) != tuple(value.shape):
+                raise CheckpointError(
+                    f"{weights}: `{key.removeprefix('model.')}` has shape {tuple(value.shape)} in the checkpoint "
+                    f"but {tuple(target.shape)} in the model."
+                )
+        if "optimizer_states" not in checkpoint or "lr_schedulers" not in checkpoint:
+            self._pending_checkpoint = checkpoint
+            if self._trainer is not None and self.trainer.optimizers:
+                self._fill_missing_training_state(self.trainer.optimizers[0], self.lr_schedulers())
+
+    def _fill_missing_training_state(self, optimizer: Any, scheduler: Any) -> None:
+        # transformers starts a fresh optimizer/scheduler when the checkpoint has none (save_only_model);
+        # Lightning insists on restoring them, so restore the fresh states.
+        checkpoint, self._pending_checkpoint = self._pending_checkpoint, None
+        if checkpoint is None:
+            return
+        checkpoint["optimizer_states"] = [optimizer.state_dict()]
+        checkpoint["lr_schedulers"] = [scheduler.state_dict()] if scheduler is not None else []
+
+
+def _yields_groups(loader: Any) -> bool:
+    from .data import GroupCollator
+
+    return isinstance(getattr(loader, "collate_fn", None), GroupCollator)
+
+
+def _tied_keys(model: nn.Module, prefix: str = "") -> dict[str, str]:
+    """Parameters that share storage with another parameter: ``{alias: first name}``."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        key = id(param)
+        if key in first:
+            tied[prefix + name] = prefix + first[key]
+        else:
+            first[key] = name
+    return tied
+
+
+def _check_not_base_model(model: nn.Module) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    if model.__class__.__name__ in MODEL_MAPPING_NAMES.values():
+        raise ValueError(
+            f"The model you have picked ({model.__class__.__name__}) only computes hidden states and does not accept "
+            "labels, so it can't be trained as is. Choose a model with a head, such as an `AutoModelForXxx` class."
+        )

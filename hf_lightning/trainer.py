@@ -1,0 +1,395 @@
+"""``build_trainer`` and the drop-in ``Trainer`` facade.
+
+``build_trainer(args)`` is a ``lightning.Trainer`` configured from ``TrainingArguments``: limits,
+precision, seed, loggers from ``report_to``, the transformers checkpoint format, and the flow and
+checkpoint callbacks. ``Trainer`` composes ``HFModule`` + ``HFDataModule`` + ``build_trainer`` behind
+transformers.Trainer's constructor and methods; it has no loop of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PredictionOutput, TrainOutput, enable_full_determinism, set_seed
+
+from . import hf_format
+from .arguments import LIGHTNING_LOGGERS, precision_for, resolve_report_to, trainer_limits, validate_arguments
+from .callbacks.checkpoint import HFCheckpoint, export_model
+from .callbacks.flow import HFFlowCallback
+from .checkpoint_io import HFCheckpointIO
+from .data import HFDataModule
+from .module import HFModule
+
+__all__ = ["build_trainer", "Trainer", "make_loggers"]
+
+log = logging.getLogger(__name__)
+
+
+def make_loggers(args: TrainingArguments) -> tuple[list[Any], list[TrainerCallback]]:
+    """Lightning loggers for ``report_to`` (tensorboard, csv, wandb, mlflow, comet_ml, neptune).
+
+    Other transformers integrations come back as their ``TrainerCallback`` classes, to run through
+    the callback bridge unmodified.
+    """
+    from lightning.pytorch import loggers as pl_loggers
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, default_logdir
+
+    loggers: list[Any] = []
+    integrations: list[TrainerCallback] = []
+    run_name = args.run_name
+    for name in resolve_report_to(args.report_to):
+        if name == "tensorboard":
+            log_dir = os.environ.get("TENSORBOARD_LOGGING_DIR")
+            if log_dir:
+                loggers.append(pl_loggers.TensorBoardLogger(save_dir=os.path.expanduser(log_dir), name="", version="", default_hp_metric=False))
+            else:
+                # transformers' default: <output_dir>/runs/<date>_<host>
+                loggers.append(pl_loggers.TensorBoardLogger(save_dir=str(args.output_dir), name="", version=default_logdir(), default_hp_metric=False))
+        elif name == "csv":
+            loggers.append(pl_loggers.CSVLogger(save_dir=str(args.output_dir), name="csv_logs", version=run_name))
+        elif name == "wandb":
+            loggers.append(pl_loggers.WandbLogger(name=run_name, project=args.project, save_dir=str(args.output_dir)))
+        elif name == "mlflow":
+            loggers.append(pl_loggers.MLFlowLogger(experiment_name=args.project, run_name=run_name))
+        elif name == "comet_ml":
+            loggers.append(pl_loggers.CometLogger(project=args.project, name=run_name))
+        elif name == "neptune":
+            loggers.append(pl_loggers.NeptuneLogger(project=args.project, name=run_name))
+        elif name in INTEGRATION_TO_CALLBACK:
+            integrations.append(INTEGRATION_TO_CALLBACK[name])
+    assert set(LIGHTNING_LOGGERS) >= {"tensorboard", "csv"}
+    return loggers, integrations
+
+
+def _seed(args: TrainingArguments) -> None:
+    # transformers seeds in Trainer.__init__, before anything else.
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
+
+
+def _ddp_strategy(args: TrainingArguments) -> Any:
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    kwargs: dict[str, Any] = {}
+    if args.ddp_find_unused_parameters is not None:
+        kwargs["find_unused_parameters"] = args.ddp_find_unused_parameters
+    if args.ddp_bucket_cap_mb is not None:
+        kwargs["bucket_cap_mb"] = args.ddp_bucket_cap_mb
+    if args.ddp_broadcast_buffers is not None:
+        kwargs["broadcast_buffers"] = args.ddp_broadcast_buffers
+    if args.ddp_static_graph is not None:
+        kwargs["static_graph"] = args.ddp_static_graph
+    return DDPStrategy(process_group_backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout), **kwargs)
+
+
+def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
+    """A ``lightning.Trainer`` configured from transformers ``TrainingArguments``.
+
+    Args:
+        args: the TrainingArguments of the run.
+        overrides: ``lightning.Trainer`` keyword arguments (strategy, devices, accelerator, plugins, ...).
+            ``callbacks`` are appended after the hf_lightning ones; transformers ``TrainerCallback``s
+            among them run through the callback bridge. ``plugins`` are added to ``HFCheckpointIO``.
+    """
+    validate_arguments(args)
+    _seed(args)
+    if args.tf32 is not None and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+    _set_log_levels(args)
+    extra_callbacks = list(overrides.pop("callbacks", None) or [])
+    hf_callbacks = [cb for cb in extra_callbacks if _is_trainer_callback(cb)]
+    pl_callbacks = [cb for cb in extra_callbacks if not _is_trainer_callback(cb)]
+    bad = [cb for cb in pl_callbacks if not isinstance(cb, Callback)]
+    if bad:
+        raise TypeError(
+            f"`callbacks` must be lightning Callbacks or transformers TrainerCallbacks; got {[type(cb).__name__ for cb in bad]}."
+        )
+    flow_state = overrides.pop("hf_state", None)
+    loggers, integrations = make_loggers(args)
+    flow = HFFlowCallback(args, callbacks=[*integrations, *hf_callbacks], state=flow_state)
+    checkpoint = HFCheckpoint(args)
+    plugins = overrides.pop("plugins", None) or []
+    plugins = plugins if isinstance(plugins, list) else [plugins]
+    if not any(isinstance(p, HFCheckpointIO) or type(p).__name__.endswith("CheckpointIO") for p in plugins):
+        plugins = [HFCheckpointIO(), *plugins]
+    kwargs: dict[str, Any] = {
+        "default_root_dir": str(args.output_dir),
+        "precision": precision_for(args),
+        "logger": loggers if loggers else False,
+        "callbacks": [flow, checkpoint, *pl_callbacks],
+        "plugins": plugins,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": not args.disable_tqdm,
+        "enable_checkpointing": True,
+        "use_distributed_sampler": False,
+        "check_val_every_n_epoch": 1,
+        "log_every_n_steps": 1,
+        **trainer_limits(args),
+    }
+    if args.use_cpu:
+        kwargs["accelerator"] = "cpu"
+    if args.full_determinism:
+        kwargs["deterministic"] = True
+    kwargs.update(overrides)
+    if "strategy" not in overrides and _wants_several_devices(kwargs):
+        kwargs["strategy"] = _ddp_strategy(args)
+    return pl.Trainer(**kwargs)
+
+
+def _wants_several_devices(kwargs: dict[str, Any]) -> bool:
+    devices = kwargs.get("devices", "auto")
+    if isinstance(devices, int):
+        return devices > 1 or devices == -1
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if devices in ("-1",):
+        return True
+    return False
+
+
+def _is_trainer_callback(callback: Any) -> bool:
+    return isinstance(callback, TrainerCallback) or (isinstance(callback, type) and issubclass(callback, TrainerCallback))
+
+
+def _set_log_levels(args: TrainingArguments) -> None:
+    from transformers.utils import logging as hf_logging
+
+    level = args.get_process_log_level()
+    hf_logging.set_verbosity(level)
+
+
+def _find(trainer: pl.Trainer, cls: type) -> Any:
+    for callback in trainer.callbacks:
+        if isinstance(callback, cls):
+            return callback
+    raise RuntimeError(f"{cls.__name__} is missing from the Lightning trainer's callbacks.")
+
+
+class Trainer:
+    """transformers.Trainer's interface, running on ``lightning.Trainer``.
+
+    Args:
+        model: the model to train (a ``PreTrainedModel`` or an ``nn.Module`` returning a loss).
+        args: TrainingArguments; default ``TrainingArguments(output_dir="tmp_trainer")`` like transformers.
+        data_collator: the collator; default ``DataCollatorWithPadding`` with a tokenizer, else ``default_data_collator``.
+        train_dataset: training data (``datasets.Dataset`` or torch dataset).
+        eval_dataset: evaluation data, or a dict of named datasets.
+        processing_class: the tokenizer/processor (saved with checkpoints).
+        compute_loss_func: replaces the model's loss: ``(outputs, labels, num_items_in_batch) -> loss``.
+        compute_metrics: ``EvalPrediction -> dict`` of metrics.
+        callbacks: transformers ``TrainerCallback``s (and/or Lightning ``Callback``s).
+        optimizers: ``(optimizer, scheduler)`` to use instead of the ones built from ``args``.
+        preprocess_logits_for_metrics: ``(logits, labels) -> logits`` applied per eval batch.
+        lightning_kwargs: ``lightning.Trainer`` keyword arguments (strategy, devices, accelerator, plugins, enable_progress_bar, ...).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        compute_loss_func: Callable | None = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list[Any] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        preprocess_logits_for_metrics: Callable | None = None,
+        optimizer_cls_and_kwargs: tuple[type, dict[str, Any]] | None = None,
+        **lightning_kwargs: Any,
+    ) -> None:
+        if "model_init" in lightning_kwargs or "tokenizer" in lightning_kwargs:
+            bad = "model_init" if "model_init" in lightning_kwargs else "tokenizer"
+            hint = "pass a built `model`" if bad == "model_init" else "use `processing_class=` (as in transformers 5)"
+            raise TypeError(f"hf_lightning.Trainer does not take `{bad}`: {hint}.")
+        if args is None:
+            args = TrainingArguments(output_dir="tmp_trainer")
+        if model is None:
+            raise RuntimeError("`Trainer` requires a `model`.")
+        validate_arguments(
+            args,
+            has_train_dataset=train_dataset is not None,
+            train_dataset_has_length=_has_length(train_dataset),
+            has_eval_dataset=eval_dataset is not None,
+            compute_metrics=compute_metrics,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+        )
+        self.args = args
+        self.module = HFModule(
+            model,
+            args,
+            compute_metrics=compute_metrics,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            compute_loss_func=compute_loss_func,
+            processing_class=processing_class,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+        )
+        self.datamodule = HFDataModule(
+            args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=data_collator,
+            processing_class=processing_class,
+        )
+        self.callbacks = list(callbacks or [])
+        self._lightning_kwargs = dict(lightning_kwargs)
+        self._trained = False
+        self._state = None
+        self.lightning_trainer = self._build()
+        if args.should_save:
+            os.makedirs(args.output_dir, exist_ok=True)
+
+    def _build(self) -> pl.Trainer:
+        kwargs = dict(self._lightning_kwargs)
+        user_callbacks = list(kwargs.pop("callbacks", None) or [])
+        trainer = build_trainer(self.args, callbacks=[*self.callbacks, *user_callbacks], hf_state=self._state, **kwargs)
+        self.flow: HFFlowCallback = _find(trainer, HFFlowCallback)
+        self.flow.handler.on_init_end(self.args, self.flow.state, self.flow.control)
+        return trainer
+
+    # -------------------------------------------------------------------------- properties
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.module.model
+
+    @property
+    def state(self) -> Any:
+        return self.flow.state
+
+    @property
+    def control(self) -> Any:
+        return self.flow.control
+
+    @property
+    def train_dataset(self) -> Any:
+        return self.datamodule.train_dataset
+
+    @property
+    def eval_dataset(self) -> Any:
+        return self.datamodule.eval_dataset
+
+    @property
+    def processing_class(self) -> Any:
+        return self.module.processing_class
+
+    @property
+    def data_collator(self) -> Any:
+        return self.datamodule.data_collator
+
+    @property
+    def callback_handler(self) -> Any:
+        return self.flow.handler
+
+    def add_callback(self, callback: Any) -> None:
+        """Add a transformers TrainerCallback (instance or class) after the existing ones."""
+        self.flow.add_callback(callback)
+
+    def is_world_process_zero(self) -> bool:
+        return self.lightning_trainer.is_global_zero
+
+    # ------------------------------------------------------------------------------ train
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
+        """Train on ``train_dataset``; ``resume_from_checkpoint`` is a ``checkpoint-N`` folder or True for the last one."""
+        if kwargs:
+            raise TypeError(f"train() got unexpected arguments {sorted(kwargs)}.")
+        if resume_from_checkpoint is False:
+            resume_from_checkpoint = None
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = hf_format.find_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        if resume_from_checkpoint is not None and not os.path.isdir(resume_from_checkpoint):
+            raise hf_format.CheckpointError(f"{resume_from_checkpoint}: checkpoint folder not found.")
+        if self._trained:
+            self._state = None
+            self.lightning_trainer = self._build()
+        self._trained = True
+        self.lightning_trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=resume_from_checkpoint)
+        output = self.flow.last_train_output
+        if output is None:
+            raise RuntimeError("Training ended without a summary (was it interrupted?).")
+        return output
+
+    # --------------------------------------------------------------------------- evaluate
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Evaluate and log like transformers: metrics prefixed ``metric_key_prefix``, with ``epoch``."""
+        dataset = eval_dataset if eval_dataset is not None else self.datamodule.eval_dataset
+        if dataset is None:
+            raise ValueError("Trainer: evaluation requires an eval_dataset.")
+        if not self._trained and self.module.model_preparation_time is None:
+            self.module.model_preparation_time = 0.0
+        self._cast_for_full_eval()
+        previous = self.datamodule.eval_dataset
+        self.datamodule.eval_dataset = dataset
+        self.module.eval_prefix, self.module.eval_ignore_keys = metric_key_prefix, ignore_keys
+        started = time.time()
+        try:
+            self.lightning_trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
+        finally:
+            self.datamodule.eval_dataset = previous
+            self.module.eval_prefix, self.module.eval_ignore_keys = "eval", None
+        del started
+        return dict(self.flow.last_eval_metrics)
+
+    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test") -> PredictionOutput:
+        """Predictions, labels and ``test_*`` metrics for ``test_dataset`` (not logged, like transformers)."""
+        self._cast_for_full_eval()
+        self.datamodule.test_dataset = test_dataset
+        self.module.test_prefix, self.module.eval_ignore_keys = metric_key_prefix, ignore_keys
+        try:
+            self.lightning_trainer.test(self.module, datamodule=self.datamodule, verbose=False)
+        finally:
+            self.module.eval_ignore_keys = None
+        _, result = self.flow.last_predictions[0]
+        return PredictionOutput(predictions=result.predictions, label_ids=result.label_ids, metrics=result.metrics)
+
+    def _cast_for_full_eval(self) -> None:
+        if self._trained:
+            return
+        if self.args.fp16_full_eval:
+            self.module.model.to(dtype=torch.float16)
+        elif self.args.bf16_full_eval:
+            self.module.model.to(dtype=torch.bfloat16)
+
+    # ------------------------------------------------------------------------------- save
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        """Weights + config, tokenizer and ``training_args.bin``, loadable with ``from_pretrained``."""
+        output_dir = str(output_dir if output_dir is not None else self.args.output_dir)
+        trainer = self.lightning_trainer if self._trained else None
+        export_model(trainer, self.module, output_dir)
+
+    def save_state(self) -> None:
+        """``trainer_state.json`` in ``output_dir``, like transformers' ``save_state``."""
+        if self.lightning_trainer.is_global_zero:
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            hf_format.write_trainer_state(self.flow.snapshot_state(), self.args.output_dir)
+
+
+def _has_length(dataset: Any) -> bool | None:
+    if dataset is None:
+        return None
+    try:
+        len(dataset)
+        return True
+    except TypeError:
+        return False
