@@ -96,6 +96,7 @@ def load_hf_checkpoint(path: str) -> dict[str, Any]:
         "epoch": 0,
         "global_step": state.global_step if state is not None else 0,
         "pytorch-lightning_version": pl.__version__,
+        "callbacks": {},  # without it Lightning skips the callbacks' on_load_checkpoint
         EXTRAS_KEY: {"source_dir": path, "trainer_state": state, "weights_file": _weights_file(path)},
     }
     if hf_format.has_training_state(path):

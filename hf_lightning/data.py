@@ -319,9 +319,9 @@ class HFDataModule(pl.LightningDataModule):
         )
 
     @override
-    def val_dataloader(self) -> DataLoader | dict[str, DataLoader]:
+    def val_dataloader(self) -> DataLoader | dict[str, DataLoader] | list:
         if self.eval_dataset is None:
-            raise ValueError("Evaluation needs an `eval_dataset`; none was given to HFDataModule/Trainer.")
+            return []  # no eval dataset: Lightning skips validation (eval_strategy="no" was validated up front)
         if isinstance(self.eval_dataset, Mapping):
             return {name: self._eval_loader(ds, f"evaluation ({name})") for name, ds in self.eval_dataset.items()}
         return self._eval_loader(self.eval_dataset, "evaluation")

@@ -164,7 +164,8 @@ class HFModule(pl.LightningModule):
     def compute_train_plan(self) -> TrainPlan:
         """The step arithmetic of the run, from the training dataloader Lightning set up."""
         trainer = self.trainer
-        trainer.estimated_stepping_batches  # noqa: B018 - makes Lightning set up the training dataloader
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()  # what `estimated_stepping_batches` does when it needs the length
         loader = trainer.train_dataloader
         batch_sampler = getattr(loader, "batch_sampler", None)
         micro = getattr(batch_sampler, "micro_batches_per_epoch", None)
