@@ -94,7 +94,8 @@ class HFModule(pl.LightningModule):
         # Loaded checkpoints are checked (and tied weights completed) in on_load_checkpoint.
         self.strict_loading = False
         self.train_plan: TrainPlan | None = None
-        self.hf_events: Callable[[str], None] | None = None
+        self.hf_events: Callable[[str], Any] | None = None
+        self.group_interrupted = False
         self.eval_prefix = "eval"
         self.eval_ignore_keys: list[str] | None = None
         self.model_preparation_time: float | None = None
@@ -217,9 +218,11 @@ class HFModule(pl.LightningModule):
         self.current_flos = 0.0
         self.last_logged_step = 0
 
-    def _events(self, name: str) -> None:
+    def _events(self, name: str) -> Any:
+        """Fire a transformers callback event; returns the ``TrainerControl`` after it (None without a flow callback)."""
         if self.hf_events is not None:
-            self.hf_events(name)
+            return self.hf_events(name)
+        return None
 
     def _flos_per_token(self) -> int:
         if self._num_params_for_flos is None:
@@ -250,6 +253,7 @@ class HFModule(pl.LightningModule):
     @override
     def training_step(self, batch: Any, batch_idx: int) -> None:
         group = batch if isinstance(batch, MicroBatchGroup) else [batch]
+        self.group_interrupted = False
         settings = self.loss_settings
         strategy = self.trainer.strategy
         num_items = count_items(group, settings)
@@ -275,7 +279,11 @@ class HFModule(pl.LightningModule):
                 self._tr_loss = self._tr_loss + step_loss
             self._track_inputs(micro)
             if i < last:
-                self._events("on_substep_end")
+                control = self._events("on_substep_end")
+                if control is not None and (control.should_epoch_stop or control.should_training_stop):
+                    # transformers breaks out of the group here, without an optimizer step (§8).
+                    self.group_interrupted = True
+                    return
         optimizer = self.optimizers()
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale_before = scaler.get_scale() if scaler is not None else None

@@ -259,8 +259,9 @@ class Trainer:
         kwargs = dict(self._lightning_kwargs)
         user_callbacks = list(kwargs.pop("callbacks", None) or [])
         trainer = build_trainer(self.args, callbacks=[*self.callbacks, *user_callbacks], hf_state=self._state, **kwargs)
+        first_build = not hasattr(self, "flow")
         self.flow: HFFlowCallback = _find(trainer, HFFlowCallback)
-        self.flow.handler.on_init_end(self.args, self.flow.state, self.flow.control)
+        self.flow.init_end(self.module.model, self.module.processing_class, fire=first_build)
         return trainer
 
     # -------------------------------------------------------------------------- properties

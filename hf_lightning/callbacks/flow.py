@@ -98,6 +98,7 @@ class _HFTrainingEpochLoop(_TrainingEpochLoop):
             self.trainer.validating = True
             self.val_loop.run()
             self.trainer.training = True
+            flow.begin_epoch()
 
     @property
     def done(self) -> bool:
@@ -147,6 +148,7 @@ class HFFlowCallback(Callback):
         self._epoch_finished = True
         self._after_eval: str | None = None
         self._module: Any = None
+        self._init_ended = False
         self._reset_run_counters()
 
     # ------------------------------------------------------------------------------ plumbing
@@ -192,8 +194,18 @@ class HFFlowCallback(Callback):
     def _event(self, name: str, **kwargs: Any) -> None:
         self.control = getattr(self.handler, name)(self.args, self.state, self.control, **kwargs)
 
-    def _module_event(self, name: str) -> None:
+    def _module_event(self, name: str) -> TrainerControl:
         self._event(name)
+        return self.control
+
+    def init_end(self, model: Any, processing_class: Any, *, fire: bool = True) -> None:
+        """transformers' ``on_init_end``, once: the facade fires it when built, ``build_trainer`` users at the first setup."""
+        self.handler.model = model
+        self.handler.processing_class = processing_class
+        self._init_ended |= not fire
+        if not self._init_ended:
+            self._init_ended = True
+            self._event("on_init_end")
 
     def _use_printer(self) -> bool:
         return bool(self.args.disable_tqdm)
@@ -204,8 +216,7 @@ class HFFlowCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._module = pl_module
         pl_module.hf_events = self._module_event  # type: ignore[assignment]
-        self.handler.model = getattr(pl_module, "model", pl_module)
-        self.handler.processing_class = getattr(pl_module, "processing_class", None)
+        self.init_end(getattr(pl_module, "model", pl_module), getattr(pl_module, "processing_class", None))
         if self._use_printer() and not any(isinstance(cb, PrinterCallback) for cb in self.handler.callbacks):
             self.handler.add_callback(PrinterCallback)
         if stage == "fit":
@@ -270,6 +281,11 @@ class HFFlowCallback(Callback):
         self._skip_groups = 0
         if self._rng_restore == "epoch":
             self._restore_rng()
+        if not self._eval_on_start_pending:  # else after the eval_on_start evaluation, as transformers (§8.3)
+            self.begin_epoch()
+
+    def begin_epoch(self) -> None:
+        """transformers' ``on_epoch_begin`` event."""
         self._event("on_epoch_begin")
 
     @override
@@ -285,6 +301,11 @@ class HFFlowCallback(Callback):
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if getattr(pl_module, "group_interrupted", False):
+            # A callback stopped the epoch/training between micro-batches: transformers breaks out
+            # before the optimizer step, straight to on_epoch_end.
+            self._maybe_end_epoch(trainer, pl_module)
+            return
         self.state.global_step = trainer.global_step
         self._micro_done += len(batch) if isinstance(batch, list) else 1
         self._group_index += 1
@@ -415,6 +436,7 @@ class HFFlowCallback(Callback):
     @override
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._finish_datasets_before(trainer, pl_module, "validate", dataloader_idx)
+        self.handler.eval_dataloader = _nth_loader(trainer.val_dataloaders, dataloader_idx)
 
     @override
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -509,6 +531,7 @@ class HFFlowCallback(Callback):
     @override
     def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._finish_datasets_before(trainer, pl_module, "test", dataloader_idx)
+        self.handler.eval_dataloader = _nth_loader(trainer.test_dataloaders, dataloader_idx)
 
     @override
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -599,6 +622,15 @@ class HFFlowCallback(Callback):
             else:
                 self.state.stateful_callbacks[name] = callback.state()
         return self.state
+
+
+def _nth_loader(loaders: Any, index: int) -> Any:
+    """The dataloader being evaluated (transformers passes that one, also for dict eval sets)."""
+    if isinstance(loaders, dict):
+        return list(loaders.values())[index]
+    if isinstance(loaders, (list, tuple)):
+        return loaders[index]
+    return loaders
 
 
 def _state_dict(state: TrainerState) -> dict[str, Any]:
