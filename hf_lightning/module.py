@@ -27,6 +27,7 @@ from transformers.utils import can_return_loss, find_labels
 from typing_extensions import override
 
 from . import distributed
+from .callbacks.metrics import TorchMetrics
 from .data import MicroBatchGroup
 from .evaluation import EvalAccumulator, EvalResult, PredictionSettings, default_ignore_keys, prediction_step
 from .loss import LossSettings, compute_loss, count_items, loss_is_scaled_for_ga, loss_settings
@@ -85,7 +86,8 @@ class HFModule(pl.LightningModule):
         self.processing_class = processing_class
         self.user_optimizer, self.user_scheduler = optimizers
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
-        self.metrics = metrics
+        # A plain holder, not a submodule: metric states stay out of state_dict and checkpoints.
+        self.metrics = TorchMetrics(metrics, preprocess_logits_for_metrics) if metrics is not None else None
         inspected = unwrap_peft_model(model)
         self.label_names: list[str] = list(args.label_names) if args.label_names is not None else find_labels(inspected.__class__)
         self.can_return_loss = can_return_loss(inspected.__class__)
@@ -412,6 +414,8 @@ class HFModule(pl.LightningModule):
             pad=gather.pad,
         )
         accumulator.prediction_loss_only = loss_only  # type: ignore[attr-defined]
+        # Only torchmetrics during evaluate(): they update per batch, so no prediction is gathered or kept.
+        accumulator.torchmetrics_only = stage == "validate" and self.compute_metrics is None  # type: ignore[attr-defined]
         accumulator.start_time = time.time()  # type: ignore[attr-defined]
         run = (prefix, accumulator, gather)
         self._eval_runs[index] = run
@@ -426,6 +430,8 @@ class HFModule(pl.LightningModule):
         )
         if self.metrics is not None and logits is not None and labels is not None:
             self.update_torchmetrics(dataloader_idx, logits, labels)
+            if accumulator.torchmetrics_only:  # type: ignore[attr-defined]
+                logits = labels = None
         main_input = batch.get(self.main_input_name) if isinstance(batch, Mapping) else None
         gather.begin_batch()
         is_last = batch_idx + 1 >= self._num_batches(stage, dataloader_idx)
@@ -440,7 +446,9 @@ class HFModule(pl.LightningModule):
         self._eval_step(batch, batch_idx, dataloader_idx, "test")
 
     def update_torchmetrics(self, dataloader_idx: int, logits: Any, labels: Any) -> None:
-        """Hook for torchmetrics ``metrics=`` (see ``callbacks.metrics``)."""
+        """Update the torchmetrics ``metrics=`` of eval dataset ``dataloader_idx`` with one batch (see ``callbacks.metrics``)."""
+        if self.metrics is not None:
+            self.metrics.update(dataloader_idx, logits, labels)
 
     def finish_eval(self, stage: str, dataloader_idx: int) -> tuple[str, EvalResult, float] | None:
         """Close the evaluation of one dataloader: ``(prefix, result, start_time)``. A collective."""
@@ -449,6 +457,8 @@ class HFModule(pl.LightningModule):
             return None
         prefix, accumulator, _ = run
         result = accumulator.finish(self._dataset_len(stage, dataloader_idx), model_preparation_time=self.model_preparation_time)
+        if self.metrics is not None:  # after compute_metrics' keys, as if it had returned them
+            result.metrics.update(self.metrics.compute(dataloader_idx, prefix))
         return prefix, result, accumulator.start_time  # type: ignore[attr-defined]
 
     def pending_eval_indices(self) -> list[int]:

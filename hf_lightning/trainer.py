@@ -193,6 +193,8 @@ class Trainer:
         callbacks: transformers ``TrainerCallback``s (and/or Lightning ``Callback``s).
         optimizers: ``(optimizer, scheduler)`` to use instead of the ones built from ``args``.
         preprocess_logits_for_metrics: ``(logits, labels) -> logits`` applied per eval batch.
+        optimizer_cls_and_kwargs: ``(optimizer class, kwargs)`` to use instead of ``args.optim``.
+        metrics: torchmetrics ``Metric``/``MetricCollection``/dict updated per eval batch, logged as ``eval_<name>``.
         lightning_kwargs: ``lightning.Trainer`` keyword arguments (strategy, devices, accelerator, plugins, enable_progress_bar, ...).
     """
 
@@ -210,6 +212,7 @@ class Trainer:
         optimizers: tuple[Any, Any] = (None, None),
         preprocess_logits_for_metrics: Callable | None = None,
         optimizer_cls_and_kwargs: tuple[type, dict[str, Any]] | None = None,
+        metrics: Any = None,
         **lightning_kwargs: Any,
     ) -> None:
         if "model_init" in lightning_kwargs or "tokenizer" in lightning_kwargs:
@@ -239,6 +242,7 @@ class Trainer:
             processing_class=processing_class,
             optimizers=optimizers,
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            metrics=metrics,
         )
         self.datamodule = HFDataModule(
             args,
