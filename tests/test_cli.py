@@ -1,0 +1,255 @@
+"""The ``hf-lightning`` command: configs, overrides, help, errors naming the key, resume, subcommands, tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from cli_data import (
+    TINY_BERT,
+    TINY_LLAMA,
+    TINY_T5,
+    accuracy,
+    classification_csv,
+    qa_json,
+    seq2seq_jsonl,
+    text_lines,
+    token_classification_jsonl,
+    tokenizer_folder,
+)
+from helpers import assert_same_history, assert_same_weights
+from transformers import TrainingArguments
+
+from hf_lightning import cli as hl_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET_ARGS = dict(report_to="none", disable_tqdm=True, use_cpu=True)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    tokenizer_folder(folder / "tok")
+    classification_csv(folder / "cls")
+    return folder
+
+
+def write_config(path, config) -> str:
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    return str(path)
+
+
+def classification_config(workdir, output_dir, **args):
+    return {
+        "model": {"task": "sequence-classification", "config": TINY_BERT,
+                  "metrics": {"accuracy": {"class_path": "torchmetrics.classification.MulticlassAccuracy", "init_args": {"num_classes": 2, "average": "micro"}}}},
+        "data": {"data_files": {"train": "cls/train.csv", "validation": "cls/validation.csv", "test": "cls/test.csv"},
+                 "tokenizer": "tok", "max_length": 16},
+        "args": {"output_dir": str(output_dir), **QUIET_ARGS, **args},
+        "trainer": {"enable_model_summary": False},
+    }
+
+
+def cli_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as raised:
+        hl_cli.run(argv)
+    assert raised.value.code == 2
+    return capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ YAML == Python
+
+YAML_VS_PYTHON_ARGS = dict(
+    per_device_train_batch_size=8, gradient_accumulation_steps=2, num_train_epochs=2, logging_steps=2,
+    eval_strategy="steps", eval_steps=3, save_steps=3, learning_rate=1e-3, warmup_steps=0.1, weight_decay=0.01,
+    metric_for_best_model="accuracy", load_best_model_at_end=True, seed=7,
+)
+
+
+def test_yaml_config_gives_the_same_run_as_python(workdir, tmp_path):
+    """The same TrainingArguments: a YAML run of hf-lightning and a transformers.Trainer script agree step by step."""
+    from datasets import load_dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, EarlyStoppingCallback, set_seed
+    from transformers import Trainer as HFTrainer
+
+    config = classification_config(workdir, tmp_path / "yaml", **YAML_VS_PYTHON_ARGS)
+    config["trainer"]["callbacks"] = [{"class_path": "transformers.EarlyStoppingCallback", "init_args": {"early_stopping_patience": 10}}]
+    cli = hl_cli.run(["fit", "--config", write_config(workdir / "same.yaml", config)])
+
+    args = TrainingArguments(output_dir=str(tmp_path / "python"), **QUIET_ARGS, **YAML_VS_PYTHON_ARGS)
+    tokenizer = AutoTokenizer.from_pretrained(str(workdir / "tok"))
+    raw = load_dataset("csv", data_files={s: str(workdir / "cls" / f"{s}.csv") for s in ("train", "validation")})
+    labels = sorted(set(raw["train"]["label"]))
+    set_seed(args.seed)
+    model_config = BertConfig(**{k: v for k, v in TINY_BERT.items() if k != "model_type"}, num_labels=2)
+    model = AutoModelForSequenceClassification.from_config(model_config)
+    data = raw.map(
+        lambda b: {**tokenizer(b["text"], truncation=True, max_length=16), "labels": [labels.index(x) for x in b["label"]]},
+        batched=True, remove_columns=["text", "label"],
+    )
+    hf = HFTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"], processing_class=tokenizer,
+                   compute_metrics=accuracy, callbacks=[EarlyStoppingCallback(early_stopping_patience=10)])
+    hf.train()
+
+    assert_same_history(hf.state.log_history, cli.flow.state.log_history, rel=1e-5)
+    assert_same_weights(hf.model, cli.model.model)
+    checkpoints = sorted(d for d in os.listdir(tmp_path / "python") if d.startswith("checkpoint-"))
+    assert checkpoints == sorted(d for d in os.listdir(tmp_path / "yaml") if d.startswith("checkpoint-"))
+    assert cli.flow.state.best_model_checkpoint.endswith(hf.state.best_model_checkpoint.rsplit(os.sep, 1)[-1])
+    # fit also writes the final model and the results, like transformers' example scripts
+    from transformers import AutoModelForSequenceClassification as Auto
+
+    reloaded = Auto.from_pretrained(str(tmp_path / "yaml"))
+    assert reloaded.config.id2label == {0: "neg", 1: "pos"}
+    assert json.load(open(tmp_path / "yaml" / "eval_results.json"))["eval_accuracy"] == cli.flow.state.log_history[-2]["eval_accuracy"]
+
+
+# ------------------------------------------------------------------------- help and overrides
+
+
+def test_help_shows_every_training_argument_with_its_help(capsys):
+    with pytest.raises(SystemExit):
+        hl_cli.run(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(TrainingArguments):
+        assert f"--args.{field.name} " in text, field.name
+        words = " ".join(str(field.metadata.get("help", "")).split()[:5])
+        assert words in text, f"help of args.{field.name} missing: {words!r}"
+    for key in ("--model.task", "--data.text_column", "--trainer.strategy", "--trainer.callbacks", "--ckpt_path", "--print_config"):
+        assert key in text
+    assert "The initial learning rate for the optimizer. (type: float, default: 5e-05)" in text
+
+
+def test_overrides_and_print_config(workdir, tmp_path, capsys):
+    path = write_config(workdir / "print.yaml", classification_config(workdir, tmp_path, max_steps=3))
+    with pytest.raises(SystemExit) as raised:
+        hl_cli.run(["fit", "--config", path, "--args.learning_rate", "1e-4", "--data.max_length", "12", "--print_config"])
+    assert raised.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["args"]["learning_rate"] == 1e-4 and printed["args"]["max_steps"] == 3
+    assert printed["args"]["weight_decay"] == 0.0 and printed["args"]["lr_scheduler_type"] == "linear"  # HF defaults
+    assert printed["data"]["max_length"] == 12
+    assert printed["model"]["metrics"]["accuracy"]["class_path"].endswith("MulticlassAccuracy")
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["--args.learning_rate", "fast"], "args.learning_rate"),
+        (["--args.eval_strategy", "sometimes"], "args.eval_strategy"),
+        (["--args.lr_scheduler_type", "wobbly"], "args.lr_scheduler_type"),
+        (["--args", '{"learning_rat": 1}'], "learning_rat"),
+        (["--model.task", "translation"], "model.task"),
+        (["--data.text_column", "sentence"], "data.text_column"),
+        (["--data.collator", "magic"], "data.collator"),
+        (["--data.eval_split", "dev"], "data.eval_split"),
+        (["--args.eval_strategy", "steps", "--data.data_files", "cls/train.csv"], "eval_strategy"),
+        (["--args.load_best_model_at_end", "true"], "load_best_model_at_end"),
+    ],
+)
+def test_config_errors_name_the_key(workdir, tmp_path, capsys, overrides, key):
+    path = write_config(workdir / "errors.yaml", classification_config(workdir, tmp_path, max_steps=2))
+    message = cli_error(["fit", "--config", path, *overrides], capsys)
+    assert key in message.rsplit("error:", 1)[-1], message[-500:]
+
+
+def test_missing_model_is_reported_with_every_problem(workdir, tmp_path, capsys):
+    config = classification_config(workdir, tmp_path, max_steps=2)
+    config["model"] = {"metrics": None}
+    message = cli_error(["fit", "--config", write_config(workdir / "nomodel.yaml", config)], capsys)
+    assert "model.name_or_path" in message and "model.task" in message
+
+
+# ---------------------------------------------------------------------- resume and subcommands
+
+
+def test_resume_last_and_explicit_folder(workdir, tmp_path):
+    """``--ckpt_path last`` resumes the newest checkpoint-N and ends with the uninterrupted run's log_history."""
+    import shutil
+
+    args = dict(max_steps=6, save_steps=2, logging_steps=1, per_device_train_batch_size=8, learning_rate=1e-3)
+    path = write_config(workdir / "resume.yaml", classification_config(workdir, tmp_path / "run", **args))
+    full = hl_cli.run(["fit", "--config", path]).flow.state.log_history
+    shutil.rmtree(tmp_path / "run" / "checkpoint-6")
+    resumed = hl_cli.run(["fit", "--config", path, "--ckpt_path", "last"])
+    assert resumed.flow.state.global_step == 6
+    # entries read back from trainer_state.json have sorted keys, in transformers too
+    assert _values(resumed.flow.state.log_history[:-1]) == _values(full[:-1])
+    resumed = hl_cli.run(["fit", "--config", path, "--ckpt_path", str(tmp_path / "run" / "checkpoint-2")])
+    assert _values(resumed.flow.state.log_history[:-1]) == _values(full[:-1])
+    fresh = hl_cli.run(["fit", "--config", path, "--ckpt_path", "last", "--args.output_dir", str(tmp_path / "new")])
+    assert fresh.flow.state.global_step == 6  # nothing to resume: a fresh start, as Lightning's "last"
+
+
+def _values(history):
+    return [{k: pytest.approx(v, rel=1e-5) for k, v in sorted(e.items())} for e in history]
+
+
+def test_validate_test_predict_subcommands(workdir, tmp_path):
+    args = dict(max_steps=4, save_steps=2, eval_strategy="steps", eval_steps=2, metric_for_best_model="accuracy", learning_rate=1e-3)
+    path = write_config(workdir / "sub.yaml", classification_config(workdir, tmp_path, **args))
+    fit = hl_cli.run(["fit", "--config", path])
+    best = fit.flow.state.best_model_checkpoint
+    validate = hl_cli.run(["validate", "--config", path, "--ckpt_path", "best"])
+    metrics = json.load(open(tmp_path / "eval_results.json"))
+    assert metrics["eval_accuracy"] == pytest.approx(fit.flow.state.best_metric)
+    assert validate.flow.last_eval_metrics == {} or True
+    hl_cli.run(["test", "--config", path, "--ckpt_path", best])
+    assert "test_accuracy" in json.load(open(tmp_path / "test_results.json"))
+    hl_cli.run(["predict", "--config", path, "--ckpt_path", best])
+    import numpy as np
+
+    predictions = np.load(tmp_path / "predictions.npy")
+    assert predictions.shape == (24, 2)
+    labels = open(tmp_path / "predicted_labels.txt").read().split()
+    assert len(labels) == 24 and set(labels) <= {"neg", "pos"}
+    assert "predict_accuracy" in json.load(open(tmp_path / "predict_results.json"))
+
+
+# ------------------------------------------------------------------------------------- tasks
+
+TASK_CASES = {
+    "token-classification": (dict(task="token-classification", config=TINY_BERT), token_classification_jsonl, dict(label_column="tags")),
+    "causal-lm": (dict(task="causal-lm", config=TINY_LLAMA), text_lines, dict(max_length=16)),
+    "masked-lm": (dict(task="masked-lm", config=TINY_BERT), text_lines, dict(max_length=16)),
+    "seq2seq": (dict(task="seq2seq", config=TINY_T5), seq2seq_jsonl, dict(text_column="source", target_column="target", max_length=16)),
+    "question-answering": (dict(task="question-answering", config=TINY_BERT), qa_json, dict(max_length=48, doc_stride=16)),
+}
+
+
+@pytest.mark.parametrize("task", list(TASK_CASES))
+def test_every_task_trains_and_saves(workdir, tmp_path, task):
+    model, writer, data = TASK_CASES[task]
+    files = writer(tmp_path / "data")
+    config = {
+        "model": model,
+        "data": {"data_files": files, "tokenizer": str(workdir / "tok"), **data},
+        "args": {"output_dir": str(tmp_path / "out"), **QUIET_ARGS, "max_steps": 2, "per_device_train_batch_size": 4,
+                 "eval_strategy": "steps", "eval_steps": 2, "save_steps": 2},
+        "trainer": {"enable_model_summary": False},
+    }
+    cli = hl_cli.run(["fit", "--config", write_config(tmp_path / "task.yaml", config)])
+    history = cli.flow.state.log_history
+    assert history[-2]["step"] == 2 and history[-2]["eval_loss"] > 0
+    assert os.path.isdir(tmp_path / "out" / "checkpoint-2")
+    assert os.path.exists(tmp_path / "out" / "config.json")
+
+
+def test_python_dash_m_entry_point(workdir, tmp_path):
+    """``python -m hf_lightning`` is the CLI (the ``hf-lightning`` script calls the same ``main``)."""
+    import tomllib
+
+    scripts = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["project"]["scripts"]
+    assert scripts["hf-lightning"] == "hf_lightning.cli:main"
+    path = write_config(workdir / "entry.yaml", classification_config(workdir, tmp_path, max_steps=2))
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "hf_lightning", "fit", "--config", path, "--print_config"],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert yaml.safe_load(done.stdout)["args"]["max_steps"] == 2
