@@ -256,6 +256,9 @@ class HFModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         group = batch if isinstance(batch, MicroBatchGroup) else [batch]
         self.group_interrupted = False
+        # transformers.Trainer.training_step calls model.train(); Lightning leaves modes alone, and
+        # from_pretrained returns a model in eval mode (dropout off).
+        self.model.train()
         settings = self.loss_settings
         strategy = self.trainer.strategy
         num_items = count_items(group, settings)
