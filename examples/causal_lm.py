@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = str(cli.training_args.output_dir)
     model = AutoModelForCausalLM.from_pretrained(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
-    prompt = tokenizer("The concert was", return_tensors="pt", add_special_tokens=False)
+    prompt = tokenizer("The concert was", return_tensors="pt", add_special_tokens=False, return_token_type_ids=False)
     torch.manual_seed(0)
     with torch.no_grad():
         generated = model.generate(**prompt, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)

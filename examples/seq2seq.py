@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     sources = ["4 1 9", "8 0 0 5"]
     with torch.no_grad():
-        generated = model.generate(**tokenizer(sources, return_tensors="pt", padding=True), max_new_tokens=12)
+        generated = model.generate(**tokenizer(sources, return_tensors="pt", padding=True, return_token_type_ids=False), max_new_tokens=12)
     for source, output in zip(sources, tokenizer.batch_decode(generated, skip_special_tokens=True)):
         print(f"  {source!r} -> {output!r}")
     return {"eval_losses": losses, "output_dir": output_dir}

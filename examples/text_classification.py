@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     output_dir = str(cli.training_args.output_dir)
     accuracy = cli.flow.state.best_metric
-    print(f"\neval accuracy (best epoch): {accuracy:.3f}   wall time: {time.time() - started:.0f} s")
+    print(f"\neval accuracy (best evaluation): {accuracy:.3f}   wall time: {time.time() - started:.0f} s")
 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

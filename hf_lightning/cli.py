@@ -321,7 +321,7 @@ class HFLightningCLI(LightningCLI):
         if shown:
             lines.append(f"  last evaluation (step {last_eval.get('step')}): {shown}")
         if self.flow.state.best_model_checkpoint:
-            lines.append(f"  best checkpoint: {self.flow.state.best_model_checkpoint} ({self.training_args.metric_for_best_model}={self.flow.state.best_metric})")  # type: ignore[union-attr]
+            lines.append(f"  best checkpoint: {self.flow.state.best_model_checkpoint} ({self.training_args.metric_for_best_model}={self.flow.state.best_metric:.4g})")  # type: ignore[union-attr]
         lines.append(f"  checkpoints: {', '.join(os.path.join(output_dir, c) for c in checkpoints) or 'none'}")
         for logger in self.trainer.loggers:
             if type(logger).__name__ == "TensorBoardLogger":
