@@ -249,7 +249,7 @@ class HFLightningCLI(LightningCLI):
         export_model(self.trainer, model, output_dir)
         flow = self.flow
         summary = flow.last_train_output.metrics if flow.last_train_output is not None else {}
-        evals = [e for e in flow.state.log_history if any(k.startswith("eval_") and k.endswith("_loss") or k == "eval_loss" for k in e)]
+        evals = [e for e in flow.state.log_history if any(k.startswith("eval_") and k.endswith("loss") for k in e)]
         self._write_results("train", summary)
         if evals:
             self._write_results("eval", {k: v for k, v in evals[-1].items() if k != "step"})

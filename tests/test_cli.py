@@ -199,7 +199,7 @@ def test_validate_test_predict_subcommands(workdir, tmp_path):
     validate = hl_cli.run(["validate", "--config", path, "--ckpt_path", "best"])
     metrics = json.load(open(tmp_path / "eval_results.json"))
     assert metrics["eval_accuracy"] == pytest.approx(fit.flow.state.best_metric)
-    assert validate.flow.last_eval_metrics == {} or True
+    assert metrics["eval_loss"] == pytest.approx(validate.flow.last_eval_metrics["eval_loss"])
     hl_cli.run(["test", "--config", path, "--ckpt_path", best])
     assert "test_accuracy" in json.load(open(tmp_path / "test_results.json"))
     hl_cli.run(["predict", "--config", path, "--ckpt_path", best])
@@ -253,3 +253,25 @@ def test_python_dash_m_entry_point(workdir, tmp_path):
                           capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert yaml.safe_load(done.stdout)["args"]["max_steps"] == 2
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(
+    not hasattr(__import__("hf_lightning.distributed").distributed, "prepare_launcher"),
+    reason="DDP children re-create TrainingArguments; needs the distributed workstream's ranked launcher",
+)
+def test_validate_on_two_processes_reduces_torchmetrics(workdir, tmp_path):
+    """``--trainer.devices 2`` (DDP over gloo): torchmetrics reduce across ranks to the single-process values."""
+    config = classification_config(workdir, tmp_path, per_device_eval_batch_size=4)
+    path = write_config(workdir / "ddp.yaml", config)
+    single = hl_cli.run(["validate", "--config", path]).flow.last_eval_metrics
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_lightning", "validate", "--config", path, "--args.output_dir", str(tmp_path / "ddp"),
+         "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
+        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.load(open(tmp_path / "ddp" / "eval_results.json"))
+    assert metrics["eval_accuracy"] == pytest.approx(single["eval_accuracy"])
+    assert metrics["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-5)
