@@ -1,4 +1,4 @@
-"""Train a small causal language model from scratch, report perplexity, and sample a continuation.
+"""Train a small causal language model from scratch, report perplexity, and sample a continuation (seeded).
 
 The run is ``examples/causal_lm.yaml``; extra arguments are CLI overrides (``--args.max_steps 10``).
 """
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     prompt = tokenizer("The concert was", return_tensors="pt", add_special_tokens=False, return_token_type_ids=False)
     torch.manual_seed(0)
     with torch.no_grad():
-        generated = model.generate(**prompt, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        generated = model.generate(**prompt, max_new_tokens=16, do_sample=True, top_k=10, pad_token_id=tokenizer.pad_token_id)
     print("  sample: " + tokenizer.decode(generated[0], skip_special_tokens=True))
     return {"eval_losses": losses, "output_dir": output_dir}
 

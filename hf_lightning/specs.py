@@ -572,20 +572,23 @@ def _question_answering(spec: DataSpec, tokenizer: Any, columns: dict, label2id:
             answers = batch[columns["label"]][sample_map[i]]
             # run_qa prepare_train_features: label the answer's token span, or CLS when it is outside this chunk
             if not answers["answer_start"]:
-                starts.append(cls_index), ends.append(cls_index)
+                starts.append(cls_index)
+                ends.append(cls_index)
                 continue
             start_char = answers["answer_start"][0]
             end_char = start_char + len(answers["text"][0])
             token_start = sequence.index(context_id)
             token_end = len(sequence) - 1 - sequence[::-1].index(context_id)
             if not (offset[token_start][0] <= start_char and offset[token_end][1] >= end_char):
-                starts.append(cls_index), ends.append(cls_index)
+                starts.append(cls_index)
+                ends.append(cls_index)
                 continue
             while token_start < len(offset) and offset[token_start][0] <= start_char:
                 token_start += 1
             while offset[token_end][1] >= end_char:
                 token_end -= 1
-            starts.append(token_start - 1), ends.append(token_end + 1)
+            starts.append(token_start - 1)
+            ends.append(token_end + 1)
         encoded["start_positions"], encoded["end_positions"] = starts, ends
         return encoded
 

@@ -275,3 +275,23 @@ def test_validate_on_two_processes_reduces_torchmetrics(workdir, tmp_path):
     metrics = json.load(open(tmp_path / "ddp" / "eval_results.json"))
     assert metrics["eval_accuracy"] == pytest.approx(single["eval_accuracy"])
     assert metrics["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-5)
+
+
+def test_load_from_disk_parquet_auto_class_and_dict_eval_sets(workdir, tmp_path):
+    """``data.load_from_disk`` and parquet files, ``model.auto_class``/``dtype``, and a list of eval splits."""
+    from datasets import load_dataset
+
+    raw = load_dataset("csv", data_files={s: str(workdir / "cls" / f"{s}.csv") for s in ("train", "validation", "test")})
+    raw.save_to_disk(str(tmp_path / "saved"))
+    raw["train"].to_parquet(str(tmp_path / "train.parquet"))
+    base = classification_config(workdir, tmp_path / "out", max_steps=2, eval_strategy="steps", eval_steps=2)
+    base["model"].update(task=None, auto_class="AutoModelForSequenceClassification", dtype="float32")
+    base["data"] = {"load_from_disk": str(tmp_path / "saved"), "eval_split": ["validation", "test"], "tokenizer": str(workdir / "tok")}
+    cli = hl_cli.run(["fit", "--config", write_config(tmp_path / "disk.yaml", base)])
+    evals = [e for e in cli.flow.state.log_history if any(k.startswith("eval_") for k in e)]
+    assert [sorted(k for k in e if k.endswith("accuracy")) for e in evals] == [["eval_validation_accuracy"], ["eval_test_accuracy"]]
+    assert cli.model.model.config.id2label == {0: "neg", 1: "pos"}
+
+    base["data"] = {"data_files": {"train": str(tmp_path / "train.parquet")}, "tokenizer": str(workdir / "tok"), "eval_fraction": 0.25}
+    cli = hl_cli.run(["fit", "--config", write_config(tmp_path / "parquet.yaml", base), "--args.output_dir", str(tmp_path / "pq")])
+    assert len(cli.datamodule.train_dataset) == 48 and len(cli.datamodule.eval_dataset) == 16
