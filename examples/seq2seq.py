@@ -1,4 +1,4 @@
-"""Train a small encoder-decoder (T5) from scratch to spell out digits, then generate with the result.
+"""Train a small encoder-decoder (T5) from scratch to summarise reviews as "<sentiment>: <subject>", then generate.
 
 The run is ``examples/seq2seq.yaml``; extra arguments are CLI overrides (``--args.max_steps 10``).
 """
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = str(cli.training_args.output_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
-    sources = ["4 1 9", "8 0 0 5"]
+    sources = ["The coffee was not good at all.", "Honestly, the show was dull at first, but in the end it was really fun."]
     with torch.no_grad():
         generated = model.generate(**tokenizer(sources, return_tensors="pt", padding=True, return_token_type_ids=False), max_new_tokens=12)
     for source, output in zip(sources, tokenizer.batch_decode(generated, skip_special_tokens=True)):

@@ -39,7 +39,7 @@ def test_shipped_data_is_what_the_generator_writes(tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(os.path.join(EXAMPLES, "data"), copy)
     subprocess.run([sys.executable, str(copy / "make_data.py")], check=True, capture_output=True)
-    for folder in ("sentiment", "ner", "lm", "digits"):
+    for folder in ("sentiment", "ner", "lm", "summaries"):
         for name in os.listdir(os.path.join(EXAMPLES, "data", folder)):
             with open(os.path.join(EXAMPLES, "data", folder, name)) as shipped, open(copy / folder / name) as fresh:
                 assert shipped.read() == fresh.read(), f"{folder}/{name} differs from make_data.py's output"

@@ -11,7 +11,7 @@ All of it is synthetic, made from templates and word lists in this file; none of
 - ``ner/{train,validation}.jsonl`` (tokens, tags): sentences with person, organisation and
   location names tagged in IOB2 (B-PER, I-PER, B-ORG, I-ORG, B-LOC, O).
 - ``lm/{train,validation}.txt``: one sentence per line (the sentiment sentences), for language modeling.
-- ``digits/{train,validation}.jsonl`` (source, target): "7 0 3" -> "seven zero three", for seq2seq.
+- ``summaries/{train,validation}.jsonl`` (review, summary): a review sentence -> "negative: the coffee", for seq2seq.
 
 Run: ``python examples/data/make_data.py``
 """
@@ -49,7 +49,7 @@ INTENSIFIERS = ["", "", "really ", "truly ", "quite ", "absolutely ", "very ", "
 OPENERS = ["", "", "honestly, ", "overall, ", "i think ", "to be fair, ", "in my opinion, "]
 
 
-def _sentence(rng: random.Random, subjects: list[str], held_out: bool = False) -> tuple[str, str]:
+def _sentence(rng: random.Random, subjects: list[str], held_out: bool = False) -> tuple[str, str, str]:
     subject = rng.choice(subjects)
     label = rng.choice(["positive", "negative"])
     same, opposite = (POSITIVE, NEGATIVE) if label == "positive" else (NEGATIVE, POSITIVE)
@@ -69,7 +69,7 @@ def _sentence(rng: random.Random, subjects: list[str], held_out: bool = False) -
         text = f"{rng.choice(OPENERS)}{subject} was not {rng.choice(INTENSIFIERS)}{rng.choice(opposite)}."
     else:  # contrast: the clause after "but" decides
         text = f"{subject} was {rng.choice(opposite)} at first, but in the end it was {rng.choice(same)}."
-    return text[0].upper() + text[1:], label
+    return text[0].upper() + text[1:], label, subject
 
 
 def sentiment(n_train: int = 1600, n_test: int = 400, seed: int = 0) -> None:
@@ -80,7 +80,7 @@ def sentiment(n_train: int = 1600, n_test: int = 400, seed: int = 0) -> None:
         seen: set[str] = set()
         rows = []
         while len(rows) < n:
-            text, label = _sentence(rng, subjects, held_out=split == "test")
+            text, label, _ = _sentence(rng, subjects, held_out=split == "test")
             if text not in seen:
                 seen.add(text)
                 rows.append((text, label))
@@ -141,24 +141,21 @@ def language_modeling(seed: int = 2) -> None:
                 f.write(_sentence(rng, subjects)[0] + "\n")
 
 
-DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-def digits(seed: int = 3) -> None:
+def reviews_to_summaries(seed: int = 3) -> None:
+    """A review sentence -> "<sentiment>: <what it is about>" (text-to-text, T5 style)."""
     rng = random.Random(seed)
-    folder = os.path.join(HERE, "digits")
+    folder = os.path.join(HERE, "summaries")
     os.makedirs(folder, exist_ok=True)
-    for split, n in (("train", 1000), ("validation", 100)):
+    for split, n in (("train", 1200), ("validation", 200)):
         with open(os.path.join(folder, f"{split}.jsonl"), "w") as f:
             for _ in range(n):
-                numbers = [rng.randrange(10) for _ in range(rng.randint(2, 6))]
-                record = {"source": " ".join(map(str, numbers)), "target": " ".join(DIGITS[d] for d in numbers)}
-                f.write(json.dumps(record) + "\n")
+                text, label, subject = _sentence(rng, SUBJECTS_TRAIN)
+                f.write(json.dumps({"review": text, "summary": f"{label}: {subject}"}) + "\n")
 
 
 if __name__ == "__main__":
     sentiment()
     ner()
     language_modeling()
-    digits()
+    reviews_to_summaries()
     print(f"wrote the example datasets under {HERE}")
