@@ -25,7 +25,7 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    parameters.source = f"TRAIN_SAMPLES = 64\nEVAL_SAMPLES = 32\nBATCH_SIZE = 8\nMAX_STEPS = 5\nOUTPUT_DIR = {str(tmp_path)!r}"
+    parameters.source = f"TRAIN_SAMPLES = 64\nEVAL_SAMPLES = 32\nBATCH_SIZE = 8\nMAX_STEPS = 10\nOUTPUT_DIR = {str(tmp_path)!r}"
     ensure_python3_kernel()
     monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
