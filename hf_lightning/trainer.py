@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PredictionOutput, TrainOutput, enable_full_determinism, set_seed
 
-from . import hf_format
+from . import distributed, hf_format
 from .arguments import LIGHTNING_LOGGERS, precision_for, resolve_report_to, trainer_limits, validate_arguments
 from .callbacks.checkpoint import HFCheckpoint, export_model
 from .callbacks.flow import HFFlowCallback
@@ -77,23 +77,6 @@ def _seed(args: TrainingArguments) -> None:
         set_seed(args.seed)
 
 
-def _ddp_strategy(args: TrainingArguments) -> Any:
-    from datetime import timedelta
-
-    from lightning.pytorch.strategies import DDPStrategy
-
-    kwargs: dict[str, Any] = {}
-    if args.ddp_find_unused_parameters is not None:
-        kwargs["find_unused_parameters"] = args.ddp_find_unused_parameters
-    if args.ddp_bucket_cap_mb is not None:
-        kwargs["bucket_cap_mb"] = args.ddp_bucket_cap_mb
-    if args.ddp_broadcast_buffers is not None:
-        kwargs["broadcast_buffers"] = args.ddp_broadcast_buffers
-    if args.ddp_static_graph is not None:
-        kwargs["static_graph"] = args.ddp_static_graph
-    return DDPStrategy(process_group_backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout), **kwargs)
-
-
 def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     """A ``lightning.Trainer`` configured from transformers ``TrainingArguments``.
 
@@ -144,9 +127,12 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     if args.full_determinism:
         kwargs["deterministic"] = True
     kwargs.update(overrides)
-    if "strategy" not in overrides and _wants_several_devices(kwargs):
-        kwargs["strategy"] = _ddp_strategy(args)
-    return pl.Trainer(**kwargs)
+    strategy = distributed.resolve_strategy(args, kwargs.get("strategy"), _wants_several_devices(kwargs))
+    if strategy is not None:
+        kwargs["strategy"] = strategy
+    trainer = pl.Trainer(**kwargs)
+    distributed.prepare_launcher(trainer)
+    return trainer
 
 
 def _wants_several_devices(kwargs: dict[str, Any]) -> bool:

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from transformers import TrainerState, TrainingArguments
 from typing_extensions import override
 
-from .. import hf_format
+from .. import distributed, hf_format
 from ..checkpoint_io import EXTRAS_KEY
 from ..state import strategy_name
 
@@ -142,6 +142,9 @@ class HFCheckpoint(Checkpoint):
 
 def load_weights_into(trainer: pl.Trainer | None, pl_module: Any, checkpoint_dir: str) -> None:
     """Load a checkpoint's weights into the module's model (non-strict, tied weights re-tied), like transformers."""
+    if trainer is not None and distributed.is_sharded(trainer.strategy):
+        distributed.load_full_weights(trainer.strategy, checkpoint_dir)  # collective, into the shards
+        return
     state_dict = hf_format.load_model_state_dict(checkpoint_dir)
     model = pl_module.model
     result = model.load_state_dict(state_dict, strict=False)
@@ -159,8 +162,7 @@ def export_model(trainer: pl.Trainer | None, pl_module: Any, output_dir: str) ->
     datamodule = trainer.datamodule if trainer is not None else None
     collator = getattr(datamodule, "data_collator", None)
     if trainer is not None and trainer.world_size > 1:
-        full = trainer.strategy.lightning_module_state_dict()
-        state_dict = {k[len("model.") :]: v for k, v in full.items() if k.startswith("model.")}
+        state_dict = distributed.full_model_state_dict(trainer.strategy, pl_module)  # gathered under FSDP
         if trainer.is_global_zero:
             hf_format.save_model_files(
                 output_dir, pl_module.model, state_dict=state_dict, processing_class=pl_module.processing_class, data_collator=collator, args=pl_module.args
