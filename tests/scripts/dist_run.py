@@ -35,7 +35,7 @@ from dist_cases import get_case  # noqa: E402
 
 def parse_run(spec: str) -> dict:
     case, *options = spec.split(":")
-    run = {"case": case, "resume": None, "strategy": "ddp", "name": case, "args": {}}
+    run = {"case": case, "resume": None, "strategy": "ddp", "name": case, "args": {}, "source": None}
     for option in options:
         key, _, value = option.partition("=")
         if key == "resume":
@@ -44,6 +44,8 @@ def parse_run(spec: str) -> dict:
             run["strategy"] = value
         elif key == "name":
             run["name"] = value
+        elif key == "source":  # folder holding the checkpoint-N to resume from
+            run["source"] = value
         else:  # any other key=value is a TrainingArguments override (int/float/str)
             run["args"][key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
     if run["resume"] is not None and run["name"] == case:
@@ -99,7 +101,7 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
         trainer = hf_lightning.Trainer(model=model, args=TrainingArguments(**args), **case.trainer_kwargs, **lightning)
     resume = None
     if spec["resume"] is not None:
-        base = source or os.path.join(out, spec["case"], "out")
+        base = spec["source"] or source or os.path.join(out, spec["case"], "out")
         resume = os.path.join(base, f"checkpoint-{spec['resume']}")
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(os.path.join(folder, "final"))
