@@ -267,9 +267,9 @@ class _HFShardedCheckpoints:
             if optimizer_states:
                 _dcp_save({"optimizer": _strip_optimizer(optimizer_states[0])}, path / FSDP_OPTIMIZER_DIR)
             if self._hf_save_consolidated:
-                checkpoint["state_dict"] = _model_state(self.model, full=True)  # type: ignore[attr-defined]
+                checkpoint["state_dict"] = share_tied(self.model, _model_state(self.model, full=True))  # type: ignore[attr-defined]
         else:
-            checkpoint["state_dict"] = model_state or {}
+            checkpoint["state_dict"] = share_tied(self.model, model_state or {})  # type: ignore[attr-defined]
             if is_zero:
                 path.mkdir(parents=True, exist_ok=True)
                 hf_format.save_torch(_strip(model_state or {}), path / FSDP_MODEL_FILE)
@@ -277,6 +277,8 @@ class _HFShardedCheckpoints:
                     hf_format.save_torch(_strip_optimizer(optimizer_states[0]), path / OPTIMIZER_NAME_BIN)
         if is_zero:
             self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)  # type: ignore[attr-defined]
+            if "state_dict" not in checkpoint:
+                _save_model_description(path, checkpoint)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         from .checkpoint_io import load_hf_checkpoint
@@ -487,6 +489,34 @@ def _add_optimizer(osd: Mapping[str, Any]) -> dict[str, Any]:
     return _rekey_optimizer(osd, lambda k: MODEL_PREFIX + k if isinstance(k, str) else k)
 
 
+def _save_model_description(path: Path, checkpoint: Mapping[str, Any]) -> None:
+    """Config, generation config, tokenizer files and ``training_args.bin`` of a sharded save (no weights).
+
+    transformers' sharded checkpoints have none of these; with them a sharded checkpoint alone is
+    enough for ``hf_lightning.consolidate`` and documents what it holds.
+    """
+    import copy
+
+    from .checkpoint_io import EXTRAS_KEY
+
+    extras = checkpoint.get(EXTRAS_KEY) or {}
+    model = extras.get("model")
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "save_pretrained"):
+        config = copy.deepcopy(config)
+        config.architectures = [type(model).__name__.removeprefix("FSDP")]
+        config.save_pretrained(str(path))
+        generation = getattr(model, "generation_config", None)
+        can_generate = getattr(model, "can_generate", lambda: False)
+        if generation is not None and can_generate():
+            generation.save_pretrained(str(path))
+    tokenizer = extras.get("processing_class") or getattr(extras.get("data_collator"), "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+    if extras.get("args") is not None:
+        torch.save(extras["args"], path / hf_format.TRAINING_ARGS_NAME)
+
+
 def _dcp_save(state: dict[str, Any], folder: Path) -> None:
     import torch.distributed.checkpoint as dcp
 
@@ -530,13 +560,31 @@ def _load_full_model(root: nn.Module, path: Path, *, is_zero: bool) -> None:
     set_model_state_dict(root, state, options=_options(True, broadcast_from_rank0=True))
 
 
+def _tied_aliases(module: nn.Module) -> dict[str, str]:
+    """Parameters that are another parameter (tied ``lm_head``/embeddings): ``{alias: first name}``."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
 def _complete_tied(root: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
     """model.safetensors drops tied duplicates (lm_head.weight); give them the tensor they share."""
-    first: dict[int, str] = {}
-    for name, param in root.named_parameters(remove_duplicate=False):
-        if id(param) in first and name not in state and first[id(param)] in state:
-            state[name] = state[first[id(param)]]
-        first.setdefault(id(param), name)
+    for alias, name in _tied_aliases(root).items():
+        if alias not in state and name in state:
+            state[alias] = state[name]
+    return state
+
+
+def share_tied(module: nn.Module, state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Make tied entries of a gathered state dict one tensor again, so ``save_pretrained`` writes them once."""
+    for alias, name in _tied_aliases(module).items():
+        if prefix + alias in state and prefix + name in state:
+            state[prefix + alias] = state[prefix + name]
     return state
 
 
@@ -576,7 +624,7 @@ def _has_fsdp_training_state(path: Path, layout: str) -> bool:
 def full_model_state_dict(strategy: Any, module: nn.Module) -> dict[str, torch.Tensor]:
     """The transformers model's full state dict on rank 0 (empty elsewhere under FSDP). A collective."""
     if is_sharded(strategy):
-        return _strip(_model_state(strategy.model, full=True))
+        return share_tied(module.model, _strip(_model_state(strategy.model, full=True)))  # type: ignore[arg-type]
     return {k: v for k, v in module.model.state_dict().items()}  # type: ignore[union-attr]
 
 

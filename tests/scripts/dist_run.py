@@ -19,6 +19,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))  # tests/
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # repository root
 
@@ -129,10 +130,16 @@ def main() -> None:
     parser.add_argument("--case", dest="run", action="append", required=True)
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--source", default=None, help="folder holding the checkpoints to resume from")
+    parser.add_argument("--compat", default=None, help="NAME_SHARDED,NAME_FULL: then check accelerate's FSDP loaders on their checkpoint-3")
     options = parser.parse_args()
     torch.set_num_threads(1)
     for spec in options.run:
         run_one(options.framework, parse_run(spec), options.out, options.devices, options.source)
+    if options.compat:
+        from accelerate_compat import run
+
+        sharded, full = (os.path.join(options.out, name, "out", "checkpoint-3") for name in options.compat.split(","))
+        run(sharded, full, os.path.join(options.out, "compat"))
 
 
 if __name__ == "__main__":
