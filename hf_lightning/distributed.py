@@ -58,6 +58,8 @@ __all__ = [
     "full_model_state_dict",
     "load_full_weights",
     "checkpoint_layout",
+    "saved_world_size",
+    "warn_on_world_size_change",
     "FSDP_MODEL_FILE",
     "FSDP_MODEL_DIR",
     "FSDP_OPTIMIZER_DIR",
@@ -616,6 +618,30 @@ def _has_fsdp_training_state(path: Path, layout: str) -> bool:
             "(`model.safetensors`) without `resume_from_checkpoint`."
         )
     return optimizer and (path / hf_format.SCHEDULER_NAME).is_file()
+
+
+def saved_world_size(checkpoint_dir: str | os.PathLike) -> int | None:
+    """How many processes wrote a checkpoint, from its RNG files (None without them: ``save_only_model``)."""
+    names = os.listdir(checkpoint_dir)
+    if "rng_state.pth" in names:
+        return 1
+    ranks = [n for n in names if n.startswith("rng_state_") and n.endswith(".pth")]
+    return len(ranks) or None
+
+
+def warn_on_world_size_change(checkpoint_dir: str | os.PathLike, world: int) -> None:
+    """Resuming with another number of processes works, like transformers, but does not reproduce the run."""
+    saved = saved_world_size(checkpoint_dir)
+    if saved is not None and saved != world:
+        log.warning(
+            "%s was written by %d process(es) and is resumed by %d. Weights, optimizer, scheduler and trainer state "
+            "are restored (sharded FSDP checkpoints are resharded), and the step counts continue from the saved "
+            "global_step with this run's batches per epoch, as transformers does; but the data each step sees and "
+            "the random streams differ from an uninterrupted run, so it will not reproduce the original.",
+            checkpoint_dir,
+            saved,
+            world,
+        )
 
 
 # --------------------------------------------------------------------- whole-model weights

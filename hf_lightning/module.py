@@ -143,6 +143,8 @@ class HFModule(pl.LightningModule):
                 enable(activation_checkpointing_kwargs=kwargs or None)
             except TypeError:
                 enable(gradient_checkpointing_kwargs=kwargs or None)
+        if self.processing_class is not None and hasattr(self.model, "config"):
+            _align_special_tokens(self.model, self.processing_class)
         if args.neftune_noise_alpha is not None and self._neftune_handle is None:
             from transformers.integrations.neftune import activate_neftune
 
@@ -524,6 +526,15 @@ def _tied_keys(model: nn.Module, prefix: str = "") -> dict[str, str]:
         else:
             first[key] = name
     return tied
+
+
+def _align_special_tokens(model: nn.Module, processing_class: Any) -> None:
+    # transformers' train() aligns the model/generation config's pad/bos/eos ids with the tokenizer's.
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+    from transformers.trainer_utils import align_special_tokens
+
+    if isinstance(processing_class, (PreTrainedTokenizerBase, ProcessorMixin)):
+        align_special_tokens(model, processing_class)
 
 
 def _check_not_base_model(model: nn.Module) -> None:

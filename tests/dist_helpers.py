@@ -80,3 +80,56 @@ def assert_same_tensors(expected: dict[str, torch.Tensor], actual: dict[str, tor
     assert sorted(expected) == sorted(actual)
     worst = max((expected[k].float() - actual[k].float()).abs().max().item() for k in expected)
     assert worst <= atol, f"weights differ by {worst}"
+
+
+TIMING = ("runtime", "per_second", "model_preparation_time")
+
+
+def assert_same_checkpoint(expected: str | os.PathLike, actual: str | os.PathLike, *, atol: float = 1e-6) -> None:
+    """Two ``checkpoint-N`` folders hold the same files with the same contents (timings aside).
+
+    Weights and optimizer tensors within ``atol``; scheduler, RNG states, config, tokenizer files and
+    ``trainer_state.json`` equal (log entries' floats within 1e-5 relative).
+    """
+    import numpy as np
+
+    from helpers import assert_same_history
+    from hf_lightning import hf_format
+
+    expected, actual = Path(expected), Path(actual)
+    assert sorted(os.listdir(expected)) == sorted(os.listdir(actual)), (expected, actual)
+    for name in sorted(os.listdir(expected)):
+        e, a = expected / name, actual / name
+        if name == "model.safetensors":
+            assert_same_tensors(weights(expected), weights(actual), atol)
+        elif name in ("optimizer.pt", "optimizer.bin", "pytorch_model_fsdp.bin"):
+            _assert_same_nested(hf_format.load_torch(e), hf_format.load_torch(a), atol, name)
+        elif name in ("scheduler.pt", "scaler.pt"):
+            assert hf_format.load_torch(e) == hf_format.load_torch(a), name
+        elif name.startswith("rng_state"):
+            es, as_ = hf_format.load_torch(e), hf_format.load_torch(a)
+            assert sorted(es) == sorted(as_) and es["python"] == as_["python"] and torch.equal(es["cpu"], as_["cpu"]), name
+            assert all(np.array_equal(x, y) for x, y in zip(es["numpy"], as_["numpy"])), name
+        elif name == "trainer_state.json":
+            es, as_ = (json.loads(p.read_text()) for p in (e, a))
+            assert_same_history(es.pop("log_history"), as_.pop("log_history"), rel=1e-5)
+            es.pop("best_model_checkpoint", None), as_.pop("best_model_checkpoint", None)  # absolute paths
+            assert es == as_, (es, as_)
+        elif name.endswith(".json"):
+            assert json.loads(e.read_text()) == json.loads(a.read_text()), name
+
+
+def _assert_same_nested(e: Any, a: Any, atol: float, where: str) -> None:
+    if torch.is_tensor(e):
+        assert torch.is_tensor(a) and e.shape == a.shape, where
+        assert (e.float() - a.float()).abs().max().item() <= atol if e.numel() else True, where
+    elif isinstance(e, dict):
+        assert sorted(map(str, e)) == sorted(map(str, a)), where
+        for k in e:
+            _assert_same_nested(e[k], a[k], atol, f"{where}.{k}")
+    elif isinstance(e, (list, tuple)):
+        assert len(e) == len(a), where
+        for i, (x, y) in enumerate(zip(e, a)):
+            _assert_same_nested(x, y, atol, f"{where}[{i}]")
+    else:
+        assert e == a, (where, e, a)

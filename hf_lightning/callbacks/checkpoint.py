@@ -75,6 +75,7 @@ class HFCheckpoint(Checkpoint):
         if self.flow is None or "source_dir" not in extras:
             return
         state: TrainerState | None = extras.get("trainer_state")
+        distributed.warn_on_world_size_change(extras["source_dir"], trainer.world_size)
         if state is not None:
             self.flow.resume = {"state": state, "dir": extras["source_dir"]}
             _warn_on_changed_args(self.args, state)
