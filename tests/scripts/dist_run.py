@@ -55,31 +55,44 @@ def parse_run(spec: str) -> dict:
 
 
 def make_strategy(name: str):
+    """hf_lightning's strategy for ``ddp``, ``fsdp2_{full,sharded}[_consolidated]``, ``fsdp_{full,sharded}`` (FSDP1, GPU)."""
     if name == "ddp":
         return None
-    from hf_lightning.distributed import FSDP2Strategy
+    from hf_lightning.distributed import FSDP2Strategy, FSDPStrategy
 
-    if name in ("fsdp2_full", "fsdp2_sharded"):
-        return FSDP2Strategy(state_dict_type=name.split("_")[1])
-    if name == "fsdp2_sharded_consolidated":
-        return FSDP2Strategy(state_dict_type="sharded", save_consolidated=True)
-    raise ValueError(name)
+    family, kind, *rest = name.split("_")
+    cls = {"fsdp2": FSDP2Strategy, "fsdp": FSDPStrategy}[family]
+    return cls(state_dict_type=kind, save_consolidated=rest == ["consolidated"])
+
+
+def transformers_fsdp_args(name: str, layer: str | None) -> dict:
+    """The same FSDP setting for transformers.Trainer (accelerate's plugin; GPU only)."""
+    if name == "ddp":
+        return {}
+    family, kind, *_ = name.split("_")
+    config = {"version": 2 if family == "fsdp2" else 1, "state_dict_type": f"{kind.upper()}_STATE_DICT"}
+    if layer:
+        config["transformer_layer_cls_to_wrap"] = [layer]
+    return {"fsdp": "full_shard auto_wrap", "fsdp_config": config}
 
 
 def rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else int(os.environ.get("RANK", 0))
 
 
-def run_one(framework: str, spec: dict, out: str, devices: int, source: str | None) -> None:
+def run_one(framework: str, spec: dict, out: str, devices: int, source: str | None, device: str = "cpu") -> None:
     from transformers import TrainingArguments
 
     case = get_case(spec["case"], os.path.join(out, "_data"))
     folder = os.path.join(out, spec["name"])
-    args = dict(output_dir=os.path.join(folder, "out"), report_to="none", disable_tqdm=True, use_cpu=True, seed=42)
+    args = dict(output_dir=os.path.join(folder, "out"), report_to="none", disable_tqdm=True, use_cpu=device == "cpu", seed=42)
     args.update(case.args)
     args.update(spec["args"])
     torch.manual_seed(0)
     model = case.model_fn()
+    if framework == "hf":
+        layer = next(iter(getattr(model, "_no_split_modules", None) or []), None)
+        args.update(transformers_fsdp_args(spec["strategy"], layer))
     seen: list = []
 
     def record(module, a, kwargs):
@@ -95,7 +108,7 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
     else:
         import hf_lightning
 
-        lightning = dict(enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=devices)
+        lightning = dict(enable_progress_bar=False, enable_model_summary=False, accelerator=device, devices=devices)
         strategy = make_strategy(spec["strategy"])
         if strategy is not None:
             lightning["strategy"] = strategy
@@ -129,12 +142,13 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--case", dest="run", action="append", required=True)
     parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--source", default=None, help="folder holding the checkpoints to resume from")
     parser.add_argument("--compat", default=None, help="NAME_SHARDED,NAME_FULL: then check accelerate's FSDP loaders on their checkpoint-3")
     options = parser.parse_args()
     torch.set_num_threads(1)
     for spec in options.run:
-        run_one(options.framework, parse_run(spec), options.out, options.devices, options.source)
+        run_one(options.framework, parse_run(spec), options.out, options.devices, options.source, options.device)
     if options.compat:
         from accelerate_compat import run
 
