@@ -43,6 +43,7 @@ __all__ = [
     "FSDPStrategy",
     "ddp_strategy",
     "resolve_strategy",
+    "several_processes",
     "prepare_launcher",
     "eval_sampler",
     "eval_batch_sampler",
@@ -185,14 +186,33 @@ def ddp_strategy(args: TrainingArguments) -> DDPStrategy:
 _STRATEGY_NAMES = {"fsdp": "FSDPStrategy", "fsdp2": "FSDP2Strategy", "model_parallel": "FSDP2Strategy"}
 
 
-def resolve_strategy(args: TrainingArguments, strategy: Any, several_devices: bool) -> Any:
-    """The Lightning strategy for a run: the user's, a named FSDP one, or DDP for several devices.
+def several_processes(trainer_kwargs: Mapping[str, Any]) -> bool:
+    """Whether ``lightning.Trainer(**trainer_kwargs)`` will run several processes (devices or nodes)."""
+    if int(trainer_kwargs.get("num_nodes", 1) or 1) > 1:
+        return True
+    devices = trainer_kwargs.get("devices", "auto")
+    if isinstance(devices, int):
+        return devices > 1 or devices == -1
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        return int(devices) > 1 or int(devices) == -1
+    if devices == "auto" and str(trainer_kwargs.get("accelerator", "auto")) in ("auto", "gpu", "cuda"):
+        return torch.cuda.is_available() and torch.cuda.device_count() > 1  # Lightning's "auto" takes every GPU
+    return False
 
-    Lightning's own ``FSDPStrategy``/``ModelParallelStrategy`` write Lightning's checkpoint layout, so
-    they are refused with the hf_lightning subclass to use instead.
+
+def resolve_strategy(args: TrainingArguments, trainer_kwargs: Mapping[str, Any]) -> Any:
+    """The Lightning strategy for a run: the user's, a named FSDP one, or DDP for several processes.
+
+    DDP gets the ``ddp_*`` arguments (``ddp_strategy``). Lightning's own ``FSDPStrategy``/``ModelParallelStrategy``
+    write Lightning's checkpoint layout, so they are refused with the hf_lightning subclass to use instead.
     """
     from datetime import timedelta
 
+    strategy = trainer_kwargs.get("strategy")
+    if strategy is None and several_processes(trainer_kwargs):
+        return ddp_strategy(args)
     if strategy == "ddp":
         return ddp_strategy(args)
     if isinstance(strategy, str) and strategy in _STRATEGY_NAMES:
@@ -205,8 +225,6 @@ def resolve_strategy(args: TrainingArguments, strategy: Any, several_devices: bo
             f"checkpoint-N folders. Use `hf_lightning.distributed.{ours}(...)` (same arguments, plus "
             f"`state_dict_type='full'|'sharded'`), or `strategy={name!r}`."
         )
-    if strategy is None and several_devices:
-        return ddp_strategy(args)
     return strategy
 
 

@@ -127,23 +127,12 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     if args.full_determinism:
         kwargs["deterministic"] = True
     kwargs.update(overrides)
-    strategy = distributed.resolve_strategy(args, kwargs.get("strategy"), _wants_several_devices(kwargs))
+    strategy = distributed.resolve_strategy(args, kwargs)
     if strategy is not None:
         kwargs["strategy"] = strategy
     trainer = pl.Trainer(**kwargs)
     distributed.prepare_launcher(trainer)
     return trainer
-
-
-def _wants_several_devices(kwargs: dict[str, Any]) -> bool:
-    devices = kwargs.get("devices", "auto")
-    if isinstance(devices, int):
-        return devices > 1 or devices == -1
-    if isinstance(devices, (list, tuple)):
-        return len(devices) > 1
-    if devices in ("-1",):
-        return True
-    return False
 
 
 def _is_trainer_callback(callback: Any) -> bool:

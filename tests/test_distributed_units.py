@@ -43,14 +43,25 @@ def test_strategy_names_and_refused_lightning_strategies(tmp_path: Path) -> None
     from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
     args = make_args(tmp_path)
-    assert isinstance(distributed.resolve_strategy(args, None, several_devices=True), DDPStrategy)
-    assert distributed.resolve_strategy(args, None, several_devices=False) is None
-    assert isinstance(distributed.resolve_strategy(args, "ddp", several_devices=True), DDPStrategy)
-    assert isinstance(distributed.resolve_strategy(args, "fsdp2", several_devices=True), distributed.FSDP2Strategy)
+    resolve = distributed.resolve_strategy
+    assert isinstance(resolve(args, {"devices": 2}), DDPStrategy)
+    assert isinstance(resolve(args, {"num_nodes": 2}), DDPStrategy)
+    assert resolve(args, {"devices": 1}) is None and resolve(args, {"accelerator": "cpu"}) is None
+    assert isinstance(resolve(args, {"strategy": "ddp"}), DDPStrategy)
+    assert isinstance(resolve(args, {"strategy": "fsdp2"}), distributed.FSDP2Strategy)
     ours = distributed.FSDP2Strategy(state_dict_type="full")
-    assert distributed.resolve_strategy(args, ours, several_devices=True) is ours
+    assert resolve(args, {"strategy": ours, "devices": 2}) is ours
     with pytest.raises(ValueError, match=r"ModelParallelStrategy\(...\)` writes Lightning's checkpoint layout.*FSDP2Strategy"):
-        distributed.resolve_strategy(args, ModelParallelStrategy(), several_devices=True)
+        resolve(args, {"strategy": ModelParallelStrategy()})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [({"devices": 2}, True), ({"devices": "2"}, True), ({"devices": -1}, True), ({"devices": [0, 1]}, True), ({"devices": 1}, False),
+     ({"devices": "auto", "accelerator": "cpu"}, False), ({"num_nodes": 2}, True)],
+)
+def test_several_processes(kwargs: dict, expected: bool) -> None:
+    assert distributed.several_processes(kwargs) is expected
 
 
 def test_build_trainer_uses_ddp_and_the_ranked_launcher(tmp_path: Path) -> None:
