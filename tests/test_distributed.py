@@ -77,11 +77,18 @@ def fsdp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"llama:strategy=fsdp2_full:resume=3:name=full-resumed:source={out / 'full' / 'out'}",
         "llama_tied:strategy=fsdp2_sharded_consolidated:name=tied",
         "reg:strategy=fsdp2_sharded:name=reg-sharded",
+        # the worse checkpoint (step 3) is the "best": it must be loaded into the shards at the end
+        "llama:strategy=fsdp2_sharded:load_best_model_at_end=true:metric_for_best_model=eval_loss:greater_is_better=true:name=best",
+        "llama:strategy=fsdp2_sharded:save_only_model=true:name=weights-only",
+        f"llama:strategy=fsdp2_sharded:resume=3:name=weights-only-resumed:source={out / 'weights-only' / 'out'}",
     ]
     args = ["--framework", "hl", "--out", str(out), "--compat", "sharded,full"]
     for spec in specs:
         args += ["--case", spec]
     dh.torchrun("dist_run.py", *args, timeout=280)
+    # the 2-process sharded checkpoint resumed by one process (resharded by torch.distributed.checkpoint)
+    one = f"llama:strategy=fsdp2_sharded:resume=3:name=one-process:source={out / 'sharded' / 'out'}"
+    dh.python("dist_run.py", "--framework", "hl", "--devices", "1", "--out", str(out), "--case", one, timeout=150)
     return out
 
 
@@ -235,3 +242,36 @@ def test_consolidate_sharded_checkpoint_loads_with_from_pretrained(fsdp_runs: Pa
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert torch.equal(model.model.embed_tokens.weight, exported["model.embed_tokens.weight"])
     shutil.rmtree(tmp_path / "export")
+
+
+def test_fsdp2_sharded_checkpoint_resumes_on_one_process(fsdp_runs: Path) -> None:
+    """Resharded on load: training continues (with one process' step count, like transformers) and saves again."""
+    log = dh.result(fsdp_runs / "one-process")["log_history"]
+    # steps 1-3 come from the checkpoint; 21 samples / 2 per micro-batch / 2 per step: 6 steps per epoch on one process
+    assert [e["step"] for e in log if "loss" in e] == list(range(1, 13))
+    checkpoint = fsdp_runs / "one-process" / "out" / "checkpoint-12"
+    assert {"pytorch_model_fsdp_0", "optimizer_0", "rng_state.pth"} <= set(os.listdir(checkpoint))
+    assert set(os.listdir(checkpoint / "pytorch_model_fsdp_0")) == {".metadata", "__0_0.distcp"}
+
+
+def test_fsdp2_loads_the_best_model_into_the_shards_at_the_end(fsdp_runs: Path, tmp_path: Path) -> None:
+    from hf_lightning.consolidate import consolidate
+
+    result = dh.result(fsdp_runs / "best")
+    best = fsdp_runs / "best" / "out" / "checkpoint-3"
+    state = json.loads((fsdp_runs / "best" / "out" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"].endswith("checkpoint-3") and result["log_history"][-1]["step"] == 6
+    exported = dh.weights(fsdp_runs / "best" / "final")  # save_model() after train(): the loaded best weights
+    dh.assert_same_tensors(dh.weights(consolidate(best, tmp_path / "best")), exported, atol=0)
+    with pytest.raises(AssertionError, match="weights differ"):
+        dh.assert_same_tensors(dh.weights(fsdp_runs / "sharded" / "final"), exported, atol=1e-6)
+
+
+def test_fsdp2_save_only_model_writes_shards_and_resumes_with_a_fresh_optimizer(fsdp_runs: Path) -> None:
+    """transformers refuses save_only_model with sharded state dicts; hf_lightning writes the model shards only."""
+    files = set(os.listdir(fsdp_runs / "weights-only" / "out" / "checkpoint-3"))
+    assert files == {"pytorch_model_fsdp_0", "trainer_state.json"} | SHARDED_DESCRIPTION
+    log = dh.result(fsdp_runs / "weights-only-resumed")["log_history"]
+    first = dh.result(fsdp_runs / "weights-only")["log_history"][0]
+    resumed = [e for e in log if e["step"] == 4 and "loss" in e][0]
+    assert resumed["learning_rate"] == first["learning_rate"]  # the schedule restarts, as in transformers (§1.2)

@@ -162,7 +162,7 @@ def export_model(trainer: pl.Trainer | None, pl_module: Any, output_dir: str) ->
     """``Trainer.save_model``: weights + config, tokenizer files and ``training_args.bin`` (rank 0 writes)."""
     datamodule = trainer.datamodule if trainer is not None else None
     collator = getattr(datamodule, "data_collator", None)
-    if trainer is not None and trainer.world_size > 1:
+    if trainer is not None and (trainer.world_size > 1 or distributed.is_sharded(trainer.strategy)):
         state_dict = distributed.full_model_state_dict(trainer.strategy, pl_module)  # gathered under FSDP
         if trainer.is_global_zero:
             hf_format.save_model_files(
