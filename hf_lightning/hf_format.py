@@ -9,11 +9,12 @@ naming the file and what is wrong with it, and every ``torch.load`` runs with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,8 @@ __all__ = [
     "load_model_state_dict",
     "read_trainer_state",
     "write_trainer_state",
+    "write_trainer_state_json",
+    "trainer_state_json",
     "has_training_state",
     "publish_checkpoint",
 ]
@@ -330,9 +333,20 @@ def read_trainer_state(checkpoint_dir: str | os.PathLike) -> TrainerState | None
         raise CheckpointError(f"{path}: not a transformers TrainerState ({error}).") from error
 
 
+def trainer_state_json(state: TrainerState) -> str:
+    """The text ``TrainerState.save_to_json`` writes (sorted keys, indent 2)."""
+    return json.dumps(dataclasses.asdict(state), indent=2, sort_keys=True) + "\n"
+
+
 def write_trainer_state(state: TrainerState, checkpoint_dir: str | os.PathLike) -> None:
     """``TrainerState.save_to_json`` (sorted keys, indent 2), as transformers writes it."""
-    state.save_to_json(os.path.join(checkpoint_dir, TRAINER_STATE_NAME))
+    write_trainer_state_json(trainer_state_json(state), checkpoint_dir)
+
+
+def write_trainer_state_json(text: str, checkpoint_dir: str | os.PathLike) -> None:
+    """Write already-serialised ``trainer_state.json`` text into ``checkpoint_dir``."""
+    with open(os.path.join(checkpoint_dir, TRAINER_STATE_NAME), "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def has_training_state(checkpoint_dir: str | os.PathLike) -> bool:
@@ -340,8 +354,3 @@ def has_training_state(checkpoint_dir: str | os.PathLike) -> bool:
     d = str(checkpoint_dir)
     has_optimizer = os.path.isfile(os.path.join(d, OPTIMIZER_NAME)) or os.path.isfile(os.path.join(d, OPTIMIZER_NAME_BIN))
     return has_optimizer and os.path.isfile(os.path.join(d, SCHEDULER_NAME))
-
-
-@contextlib.contextmanager
-def _noop() -> Iterator[None]:
-    yield
