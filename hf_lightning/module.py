@@ -448,6 +448,16 @@ class HFModule(pl.LightningModule):
 
     # --------------------------------------------------------------------------- checkpoints
 
+    def save_model(self, output_dir: str) -> None:
+        """Export the model like ``transformers.Trainer.save_model``: weights and config, tokenizer, ``training_args.bin``.
+
+        ``from_pretrained(output_dir)`` loads the result. Under several processes call it on every
+        rank (the full state is gathered); rank 0 writes.
+        """
+        from .callbacks.checkpoint import export_model
+
+        export_model(self._trainer, self, str(output_dir))
+
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         datamodule = self._trainer.datamodule if self._trainer is not None else None
