@@ -97,7 +97,12 @@ def load_hf_checkpoint(path: str) -> dict[str, Any]:
         "global_step": state.global_step if state is not None else 0,
         "pytorch-lightning_version": pl.__version__,
         "callbacks": {},  # without it Lightning skips the callbacks' on_load_checkpoint
-        EXTRAS_KEY: {"source_dir": path, "trainer_state": state, "weights_file": _weights_file(path)},
+        EXTRAS_KEY: {
+            "source_dir": path,
+            "trainer_state": state,
+            "weights_file": _weights_file(path),
+            "rng_states": hf_format.read_rng_states(path),
+        },
     }
     if hf_format.has_training_state(path):
         checkpoint["optimizer_states"] = [hf_format.load_torch(os.path.join(path, hf_format.OPTIMIZER_NAME))]

@@ -65,6 +65,8 @@ __all__ = [
     "rng_file_name",
     "capture_rng_state",
     "restore_rng_state",
+    "read_rng_states",
+    "apply_rng_state",
     "save_model_files",
     "save_torch",
     "load_torch",
@@ -174,11 +176,29 @@ def capture_rng_state(distributed: bool = False) -> dict[str, Any]:
     return states
 
 
-def restore_rng_state(path: str | os.PathLike, distributed: bool = False) -> bool:
-    """Restore the RNG states saved in ``path``; False (and nothing changed) if the file is absent."""
-    if not os.path.isfile(path):
-        return False
-    states = load_torch(path)
+_RNG_KEYS = ("python", "numpy", "cpu")
+
+
+def read_rng_states(checkpoint_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Every ``rng_state*.pth`` of a checkpoint, loaded safely and checked: ``{file name: states}``.
+
+    Read when the checkpoint is opened, so a bad file stops the run before its first step.
+    """
+    states: dict[str, dict[str, Any]] = {}
+    for name in sorted(os.listdir(checkpoint_dir)):
+        if not (name.startswith("rng_state") and name.endswith(".pth")):
+            continue
+        path = os.path.join(checkpoint_dir, name)
+        loaded = load_torch(path)
+        missing = [key for key in _RNG_KEYS if not isinstance(loaded, dict) or key not in loaded]
+        if missing:
+            raise CheckpointError(f"{path}: not an RNG state file, it lacks {missing} (expected keys {list(_RNG_KEYS)}).")
+        states[name] = loaded
+    return states
+
+
+def apply_rng_state(states: Mapping[str, Any], distributed: bool = False) -> None:
+    """Set python, numpy, torch CPU (and CUDA) generators from a ``rng_state*.pth`` dict (``Trainer._load_rng_state``)."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.random.set_rng_state(states["cpu"])
@@ -188,6 +208,13 @@ def restore_rng_state(path: str | os.PathLike, distributed: bool = False) -> boo
         else:
             cuda_state = states["cuda"][0] if isinstance(states["cuda"], (list, tuple)) else states["cuda"]
             torch.cuda.random.set_rng_state(cuda_state)
+
+
+def restore_rng_state(path: str | os.PathLike, distributed: bool = False) -> bool:
+    """Restore the RNG states saved in ``path``; False (and nothing changed) if the file is absent."""
+    if not os.path.isfile(path):
+        return False
+    apply_rng_state(load_torch(path), distributed=distributed)
     return True
 
 
@@ -212,9 +239,18 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device | None 
         raise CheckpointError(f"{path}: file not found.") from None
     except Exception as error:  # pickle.UnpicklingError, RuntimeError from torch's weights_only unpickler
         raise CheckpointError(
-            f"{path}: refused to load. Only tensors, numbers, strings and containers are accepted from a checkpoint "
-            f"(weights_only=True), and this file asks for more: {str(error).splitlines()[0]}"
+            f"{path}: refused to load. A checkpoint file may hold only tensors, numbers, strings and containers "
+            f"(torch.load with weights_only=True), and this one asks for more: {_unpickling_reason(error)}"
         ) from error
+
+
+def _unpickling_reason(error: BaseException) -> str:
+    """The informative line of torch's weights_only error (the global it refused), else its first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line
+    return lines[0] if lines else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------- the model

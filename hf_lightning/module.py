@@ -490,13 +490,16 @@ class HFModule(pl.LightningModule):
                 f"missing {[k.removeprefix('model.') for k in missing][:10]}{' ...' if len(missing) > 10 else ''}, "
                 f"unexpected {[k.removeprefix('model.') for k in unexpected][:10]}{' ...' if len(unexpected) > 10 else ''}."
             )
-        for key, value in state_dict.items():
-            target = expected.get(key)
-            if target is not None and tuple(target.shape) != tuple(value.shape):
-                raise CheckpointError(
-                    f"{weights}: `{key.removeprefix('model.')}` has shape {tuple(value.shape)} in the checkpoint "
-                    f"but {tuple(target.shape)} in the model."
-                )
+        mismatched = [
+            f"`{key.removeprefix('model.')}` {tuple(value.shape)} in the checkpoint, {tuple(expected[key].shape)} in the model"
+            for key, value in state_dict.items()
+            if key in expected and tuple(expected[key].shape) != tuple(value.shape)
+        ]
+        if mismatched:
+            raise CheckpointError(
+                f"{weights}: the weights do not fit {type(self.model).__name__}, {len(mismatched)} shapes differ: "
+                + "; ".join(mismatched[:10]) + (" ..." if len(mismatched) > 10 else "")
+            )
         if "optimizer_states" not in checkpoint or "lr_schedulers" not in checkpoint:
             self._pending_checkpoint = checkpoint
             if self._trainer is not None and self.trainer.optimizers:

@@ -53,6 +53,7 @@ class HFCheckpoint(Checkpoint):
         self.flow: Any = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+        self._resume_rng: dict[str, Any] = {}
 
     @property
     def state_key(self) -> str:
@@ -113,7 +114,13 @@ class HFCheckpoint(Checkpoint):
         state: TrainerState | None = extras.get("trainer_state")
         if state is not None:
             self.flow.resume = {"state": state, "dir": extras["source_dir"]}
+            self._resume_rng = dict(extras.get("rng_states") or {})
             _warn_on_changed_args(self.args, state)
+        else:
+            log.warning(
+                "%s has no %s: training starts at step 0 from its weights (and optimizer/scheduler, if present), "
+                "as transformers does.", extras["source_dir"], hf_format.TRAINER_STATE_NAME,
+            )
 
     # ------------------------------------------------------------------------------- saving
 
@@ -188,12 +195,17 @@ class HFCheckpoint(Checkpoint):
         return self._executor
 
     def restore_rng(self, checkpoint_dir: str) -> None:
+        """Set the generators from this rank's RNG file of the checkpoint (read when it was opened)."""
         trainer = self.flow._module.trainer if self.flow is not None and self.flow._module is not None else None
         world = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
-        path = os.path.join(checkpoint_dir, hf_format.rng_file_name(world, rank))
-        if not hf_format.restore_rng_state(path, distributed=world > 1):
-            log.info("No RNG file %s; reproducibility of the resumed run is not guaranteed.", path)
+        name = hf_format.rng_file_name(world, rank)
+        states = self._resume_rng.get(name)
+        if states is None:
+            # transformers: an info log, and the run goes on (its data order is still exact: it depends on seed and epoch).
+            log.info("No RNG file %s; reproducibility of the resumed run is not guaranteed.", os.path.join(checkpoint_dir, name))
+            return
+        hf_format.apply_rng_state(states, distributed=world > 1)
 
     # -------------------------------------------------------------------------- end of train
 
