@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import random
 import shutil
@@ -71,6 +72,10 @@ __all__ = [
     "save_torch",
     "load_torch",
     "load_model_state_dict",
+    "read_weights",
+    "Weights",
+    "load_weights_into_model",
+    "load_adapter_into",
     "read_trainer_state",
     "write_trainer_state",
     "write_trainer_state_json",
@@ -80,6 +85,8 @@ __all__ = [
 ]
 
 _TMP_PREFIX = ".tmp-"
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -294,63 +301,131 @@ def save_model_files(
         torch.save(args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
 
-def _weight_files(checkpoint_dir: str) -> list[str]:
-    names = [
-        SAFE_WEIGHTS_NAME,
-        SAFE_WEIGHTS_INDEX_NAME,
-        WEIGHTS_NAME,
-        WEIGHTS_INDEX_NAME,
-        ADAPTER_SAFE_WEIGHTS_NAME,
-        ADAPTER_WEIGHTS_NAME,
-        f"{FSDP_MODEL_NAME}.bin",
-    ]
-    present = [n for n in names if os.path.isfile(os.path.join(checkpoint_dir, n))]
-    present += [
-        d
-        for d in os.listdir(checkpoint_dir)
-        if os.path.isdir(os.path.join(checkpoint_dir, d)) and d.startswith(FSDP_MODEL_NAME)
-    ]
-    return present
+@dataclasses.dataclass
+class Weights:
+    """The weights of a checkpoint folder: the tensors, the file they came from, and whether they are a PEFT adapter."""
+
+    state_dict: dict[str, torch.Tensor]
+    path: str
+    adapter: bool = False
+
+
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(path, device="cpu")
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error}).") from error
+
+
+def _read_index(index_path: str, read_shard: Any) -> dict[str, torch.Tensor]:
+    """A sharded checkpoint: ``{"weight_map": {param: shard file}}`` and the shards it names."""
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        weight_map = index["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
+        raise CheckpointError(f"{index_path}: not a valid shard index, it needs a \"weight_map\" ({error}).") from error
+    folder = os.path.dirname(index_path)
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        shard = os.path.join(folder, name)
+        if not os.path.isfile(shard):
+            raise CheckpointError(f"{shard}: shard listed in {os.path.basename(index_path)} is missing.")
+        state.update(read_shard(shard))
+    absent = sorted(set(weight_map) - set(state))
+    if absent:
+        raise CheckpointError(f"{index_path}: the shards lack tensors the index lists: {absent[:10]}.")
+    return state
+
+
+def read_weights(checkpoint_dir: str | os.PathLike) -> Weights:
+    """The model weights of a checkpoint folder, in transformers' order of preference (§1.6).
+
+    ``model.safetensors``, then a sharded safetensors index, then ``pytorch_model.bin`` or its
+    index (read with ``weights_only=True``), then a PEFT adapter (``adapter_model.safetensors`` or
+    ``.bin``). Errors name the folder or the file at fault.
+    """
+    folder = str(checkpoint_dir)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{folder}: checkpoint folder not found.")
+
+    def at(name: str) -> str:
+        return os.path.join(folder, name)
+
+    if os.path.isfile(at(SAFE_WEIGHTS_NAME)):
+        return Weights(_read_safetensors(at(SAFE_WEIGHTS_NAME)), at(SAFE_WEIGHTS_NAME))
+    if os.path.isfile(at(SAFE_WEIGHTS_INDEX_NAME)):
+        return Weights(_read_index(at(SAFE_WEIGHTS_INDEX_NAME), _read_safetensors), at(SAFE_WEIGHTS_INDEX_NAME))
+    if os.path.isfile(at(WEIGHTS_NAME)):
+        return Weights(load_torch(at(WEIGHTS_NAME)), at(WEIGHTS_NAME))
+    if os.path.isfile(at(WEIGHTS_INDEX_NAME)):
+        return Weights(_read_index(at(WEIGHTS_INDEX_NAME), load_torch), at(WEIGHTS_INDEX_NAME))
+    if os.path.isfile(at(ADAPTER_SAFE_WEIGHTS_NAME)):
+        return Weights(_read_safetensors(at(ADAPTER_SAFE_WEIGHTS_NAME)), at(ADAPTER_SAFE_WEIGHTS_NAME), adapter=True)
+    if os.path.isfile(at(ADAPTER_WEIGHTS_NAME)):
+        return Weights(load_torch(at(ADAPTER_WEIGHTS_NAME)), at(ADAPTER_WEIGHTS_NAME), adapter=True)
+    looked_for = [SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME, ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME]
+    raise CheckpointError(
+        f"{folder}: no model weights found (looked for {', '.join(looked_for)}); the folder holds {sorted(os.listdir(folder))}."
+    )
 
 
 def load_model_state_dict(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The model weights of a checkpoint folder as one CPU state dict.
+    """The tensors of :func:`read_weights` (a full model, or a PEFT adapter's own tensors)."""
+    return read_weights(checkpoint_dir).state_dict
 
-    Reads ``model.safetensors``, a sharded safetensors index, or ``pytorch_model.bin`` (weights only),
-    in transformers' order of preference. Errors name the folder and the file at fault.
+
+def load_weights_into_model(model: torch.nn.Module, weights: Weights) -> None:
+    """Load checkpoint weights into ``model`` like ``Trainer._load_from_checkpoint``.
+
+    A full state dict loads non-strictly, tied weights re-tied; a shape mismatch is an error
+    naming the file. A PEFT adapter goes through peft's ``set_peft_model_state_dict`` into the
+    active adapter (what ``load_adapter`` does); keys it does not know are an error.
     """
-    checkpoint_dir = str(checkpoint_dir)
-    if not os.path.isdir(checkpoint_dir):
-        raise CheckpointError(f"{checkpoint_dir}: checkpoint folder not found.")
-    safe = os.path.join(checkpoint_dir, SAFE_WEIGHTS_NAME)
-    safe_index = os.path.join(checkpoint_dir, SAFE_WEIGHTS_INDEX_NAME)
-    bin_file = os.path.join(checkpoint_dir, WEIGHTS_NAME)
-    if os.path.isfile(safe):
-        try:
-            return safetensors.torch.load_file(safe, device="cpu")
-        except Exception as error:
-            raise CheckpointError(f"{safe}: not a readable safetensors file ({error}).") from error
-    if os.path.isfile(safe_index):
-        try:
-            with open(safe_index, encoding="utf-8") as f:
-                index = json.load(f)
-            files = sorted(set(index["weight_map"].values()))
-        except (OSError, ValueError, KeyError) as error:
-            raise CheckpointError(f"{safe_index}: not a valid safetensors index ({error}).") from error
-        state: dict[str, torch.Tensor] = {}
-        for name in files:
-            shard = os.path.join(checkpoint_dir, name)
-            if not os.path.isfile(shard):
-                raise CheckpointError(f"{shard}: shard listed in {SAFE_WEIGHTS_INDEX_NAME} is missing.")
-            state.update(safetensors.torch.load_file(shard, device="cpu"))
-        return state
-    if os.path.isfile(bin_file):
-        return load_torch(bin_file)
-    present = sorted(os.listdir(checkpoint_dir))
-    raise CheckpointError(
-        f"{checkpoint_dir}: no model weights found (looked for {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME}, "
-        f"{WEIGHTS_NAME}); the folder holds {present}."
-    )
+    if weights.adapter:
+        load_adapter_into(model, weights)
+        return
+    expected = model.state_dict()
+    mismatched = [
+        f"`{key}` {tuple(value.shape)} in the checkpoint, {tuple(expected[key].shape)} in the model"
+        for key, value in weights.state_dict.items()
+        if key in expected and tuple(expected[key].shape) != tuple(value.shape)
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"{weights.path}: the weights do not fit {type(model).__name__}, {len(mismatched)} shapes differ: "
+            + "; ".join(mismatched[:10]) + (" ..." if len(mismatched) > 10 else "")
+        )
+    result = model.load_state_dict(weights.state_dict, strict=False)
+    if result.missing_keys:
+        tie = getattr(model, "tie_weights", None)
+        if callable(tie):
+            tie()
+        logger.info("Missing keys when loading %s (tied weights re-tied): %s", weights.path, result.missing_keys)
+    if result.unexpected_keys:
+        logger.warning("Unexpected keys in %s: %s", weights.path, result.unexpected_keys)
+
+
+def load_adapter_into(model: torch.nn.Module, weights: Weights) -> None:
+    """A PEFT adapter file into the model's active adapter, checked: every tensor must land somewhere."""
+    if not _is_peft_model(model):
+        raise CheckpointError(
+            f"{weights.path}: this checkpoint holds a PEFT adapter, but the model is a {type(model).__name__}, not a "
+            "peft.PeftModel. Wrap the base model as when it was trained (peft.get_peft_model(model, config))."
+        )
+    from peft.utils import set_peft_model_state_dict
+
+    adapter_name = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapter[0]
+    try:
+        result = set_peft_model_state_dict(model, weights.state_dict, adapter_name=adapter_name)
+    except RuntimeError as error:  # size mismatches from load_state_dict
+        raise CheckpointError(f"{weights.path}: the adapter does not fit the model ({str(error).strip()}).") from error
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise CheckpointError(
+            f"{weights.path}: the adapter has tensors the model's adapter {adapter_name!r} lacks: {unexpected[:10]}."
+        )
 
 
 # ------------------------------------------------------------------------------------ trainer state

@@ -472,8 +472,11 @@ class HFModule(pl.LightningModule):
         extras = checkpoint.get(HF_CHECKPOINT_KEY)
         if not extras or "source_dir" not in extras:
             return
-        from .hf_format import CheckpointError
+        from .hf_format import CheckpointError, load_adapter_into
 
+        if extras.get("adapter_weights") is not None:
+            load_adapter_into(self.model, extras["adapter_weights"])
+            checkpoint["state_dict"] = self.state_dict()  # what Lightning restores next: the model as it now is
         state_dict = checkpoint["state_dict"]
         expected = self.state_dict()
         missing = [k for k in expected if k not in state_dict]

@@ -222,17 +222,8 @@ class HFCheckpoint(Checkpoint):
 
 
 def load_weights_into(trainer: pl.Trainer | None, pl_module: Any, checkpoint_dir: str) -> None:
-    """Load a checkpoint's weights into the module's model (non-strict, tied weights re-tied), like transformers."""
-    state_dict = hf_format.load_model_state_dict(checkpoint_dir)
-    model = pl_module.model
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys:
-        tie = getattr(model, "tie_weights", None)
-        if callable(tie):
-            tie()
-        log.info("Missing keys when loading %s (tied weights re-tied): %s", checkpoint_dir, result.missing_keys)
-    if result.unexpected_keys:
-        log.warning("Unexpected keys in %s: %s", checkpoint_dir, result.unexpected_keys)
+    """Load a checkpoint's weights (or PEFT adapter) into the module's model, like ``_load_best_model``."""
+    hf_format.load_weights_into_model(pl_module.model, hf_format.read_weights(checkpoint_dir))
 
 
 def export_model(trainer: pl.Trainer | None, pl_module: Any, output_dir: str) -> None:
