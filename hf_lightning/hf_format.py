@@ -33,7 +33,7 @@ from transformers.trainer import (
     TRAINING_ARGS_NAME,
 )
 from transformers.trainer_pt_utils import safe_globals
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints, sort_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, sort_checkpoints
 from transformers.utils import (
     ADAPTER_SAFE_WEIGHTS_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -62,6 +62,7 @@ __all__ = [
     "find_last_checkpoint",
     "remove_incomplete_checkpoints",
     "rotate_checkpoints",
+    "delete_checkpoint",
     "sort_checkpoints",
     "rng_file_name",
     "capture_rng_state",
@@ -127,11 +128,59 @@ def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[str]:
     return removed
 
 
+def delete_checkpoint(checkpoint_dir: str | os.PathLike) -> None:
+    """Delete a checkpoint folder so that a kill midway never leaves a partial ``checkpoint-N``.
+
+    The folder is first renamed out of the ``checkpoint-*`` names (one atomic step), then removed;
+    a kill during the removal leaves a hidden ``.old-checkpoint-N`` that the next start cleans up.
+    """
+    folder = Path(checkpoint_dir)
+    if not folder.exists():
+        return
+    doomed = folder.with_name(".old-" + folder.name)
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def rotate_checkpoints(
+    output_dir: str | os.PathLike,
+    save_total_limit: int | None = None,
+    best_model_checkpoint: str | None = None,
+    use_mtime: bool = False,
+) -> list[str]:
+    """transformers' ``rotate_checkpoints`` (§1.7), deleting with :func:`delete_checkpoint`; returns what it deleted.
+
+    Same decisions: sort (by mtime, by step if the mtimes are within 1 s), protect the newest and the
+    best, delete the oldest until ``max(limit, protected)`` remain. Re-written only so each deletion
+    is atomic (transformers' ``shutil.rmtree`` killed midway leaves a half-deleted ``checkpoint-N``).
+    """
+    if save_total_limit is None or save_total_limit <= 0:
+        return []
+    checkpoints = sort_checkpoints(str(output_dir), PREFIX_CHECKPOINT_DIR, use_mtime)
+    if len(checkpoints) <= save_total_limit:
+        return []
+    protected = {checkpoints[-1]}
+    if best_model_checkpoint is not None:
+        protected.add(str(Path(best_model_checkpoint)))
+    keep = max(save_total_limit, len(protected))
+    deleted: list[str] = []
+    for checkpoint in checkpoints:
+        if len(checkpoints) - len(deleted) <= keep:
+            break
+        if checkpoint not in protected:
+            delete_checkpoint(checkpoint)
+            deleted.append(checkpoint)
+    return deleted
+
+
 def publish_checkpoint(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
     """Move a complete checkpoint into place in one rename.
 
     A folder already at ``final_dir`` (a second save at the same step) is moved aside first and
-    deleted after, so at every instant ``final_dir`` is either the old complete folder or the new one.
+    deleted after, so ``final_dir`` is never partial: the old complete folder, briefly nothing, then
+    the new one. Files are fsynced before the rename so a crash of the machine cannot expose a
+    renamed folder whose files were never written to disk.
     """
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     _fsync_tree(tmp_dir)

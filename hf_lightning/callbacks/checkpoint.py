@@ -217,7 +217,7 @@ class HFCheckpoint(Checkpoint):
         if trainer.is_global_zero and state.best_model_checkpoint is not None and self.args.save_total_limit == 1:
             for checkpoint in hf_format.sort_checkpoints(self.output_dir, best_model_checkpoint=state.best_model_checkpoint):
                 if not os.path.samefile(checkpoint, state.best_model_checkpoint):
-                    shutil.rmtree(checkpoint, ignore_errors=True)
+                    hf_format.delete_checkpoint(checkpoint)
         trainer.strategy.barrier("hf_finish_training")
 
 
