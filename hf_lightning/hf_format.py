@@ -305,7 +305,7 @@ def _unpickling_reason(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in lines:
         if "GLOBAL" in line or "Unsupported" in line:
-            return line
+            return line.split(" Please use", 1)[0]  # not torch's advice to allowlist it
     return lines[0] if lines else type(error).__name__
 
 
