@@ -283,3 +283,25 @@ def test_total_flos_in_train_output_like_transformers(tmp_path, disable_tqdm):
         outputs[framework] = (trainer.train().metrics, trainer.state.log_history[-1])
     assert ("total_flos" in outputs["hl"][0]) == ("total_flos" in outputs["hf"][0]) == (not disable_tqdm)
     assert "total_flos" in outputs["hl"][1] and "total_flos" in outputs["hf"][1]
+
+
+@pytest.mark.parametrize("extra", [
+    dict(metric_for_best_model=None, load_best_model_at_end=True),  # defaults to "loss", lower is better
+    dict(greater_is_better=False, load_best_model_at_end=True),  # "acc", but lower is better
+], ids=["default-metric", "greater-is-better-false"])
+def test_best_metric_defaults_like_transformers(tmp_path, extra):
+    hf, hf_seen, hf_final = run_best("hf", tmp_path / "hf", save_total_limit=1, **extra)
+    hl, hl_seen, hl_final = run_best("hl", tmp_path / "hl", save_total_limit=1, **extra)
+    assert hl.args.metric_for_best_model == hf.args.metric_for_best_model
+    assert hl.args.greater_is_better == hf.args.greater_is_better is False
+    assert (hl.state.best_metric, hl.state.best_global_step) == (hf.state.best_metric, hf.state.best_global_step)
+    assert hl_seen == hf_seen and hl_final == hf_final
+    if extra.get("greater_is_better") is False:
+        assert hl.state.best_metric == 0.2 and hl_final == ["checkpoint-16"]
+    torch.testing.assert_close(hl.model.state_dict(), hf.model.state_dict(), rtol=0, atol=0)
+
+
+def test_load_best_model_at_end_argument_checks_are_transformers_own(tmp_path):
+    """transformers validates these in TrainingArguments itself, so both frameworks refuse the same input."""
+    with pytest.raises(ValueError, match="--load_best_model_at_end requires the save and eval strategy to match"):
+        make_args(tmp_path, load_best_model_at_end=True, eval_strategy="epoch", save_strategy="steps")
