@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,6 +61,8 @@ __all__ = [
     "temporary_name",
     "get_last_checkpoint",
     "find_last_checkpoint",
+    "is_complete",
+    "INCOMPLETE_MARKER",
     "remove_incomplete_checkpoints",
     "rotate_checkpoints",
     "delete_checkpoint",
@@ -86,6 +89,7 @@ __all__ = [
 ]
 
 _TMP_PREFIX = ".tmp-"
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}\-(\d+)$")
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +112,41 @@ def temporary_name(global_step: int) -> str:
     return f"{_TMP_PREFIX}{checkpoint_name(global_step)}"
 
 
+INCOMPLETE_MARKER = "checkpoint-is-incomplete.txt"  # transformers' JIT-checkpoint sentinel, present while it writes
+
+
+def is_complete(checkpoint_dir: str | os.PathLike) -> bool:
+    """A folder transformers or hf_lightning finished writing: ``trainer_state.json`` (written last) and no sentinel."""
+    folder = str(checkpoint_dir)
+    return os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)) and not os.path.exists(os.path.join(folder, INCOMPLETE_MARKER))
+
+
 def find_last_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The ``checkpoint-N`` folder with the largest N in ``output_dir`` (transformers' rule), or None."""
+    """The complete ``checkpoint-N`` folder with the largest N in ``output_dir``, or None.
+
+    transformers' rule (``get_last_checkpoint``: the name's N, never the mtime), except that a folder a
+    killed transformers save left half-written (no ``trainer_state.json``, or its incomplete marker)
+    is passed over with a warning instead of being resumed from.
+    """
+    output_dir = str(output_dir)
     if not os.path.isdir(output_dir):
         return None
-    return get_last_checkpoint(str(output_dir))
+    candidates = sorted(
+        (int(match.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (match := _CHECKPOINT_RE.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    skipped = []
+    for _, name in reversed(candidates):
+        path = os.path.join(output_dir, name)
+        if is_complete(path):
+            if skipped:
+                logger.warning("Skipped incomplete checkpoint folders (an interrupted save?): %s", skipped)
+            return path
+        skipped.append(path)
+    if skipped:
+        logger.warning("No complete checkpoint in %s; incomplete folders: %s", output_dir, skipped)
+    return None
 
 
 def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[str]:
@@ -398,6 +432,11 @@ def read_weights(checkpoint_dir: str | os.PathLike) -> Weights:
     folder = str(checkpoint_dir)
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: checkpoint folder not found.")
+    if os.path.exists(os.path.join(folder, INCOMPLETE_MARKER)):
+        raise CheckpointError(
+            f"{os.path.join(folder, INCOMPLETE_MARKER)}: transformers marked this checkpoint as still being written; "
+            "its save was interrupted. Resume from an earlier checkpoint."
+        )
 
     def at(name: str) -> str:
         return os.path.join(folder, name)

@@ -266,3 +266,19 @@ def test_callback_states_restored_when_asked(tmp_path):
     # Restored counter 1: .7, .8 → stop at step 10; a fresh counter: .7 .8 .85 → stop at step 12.
     assert results["hf", True] == results["hl", True] == 10
     assert results["hf", False] == results["hl", False] == 12
+
+
+def test_resume_true_passes_over_a_checkpoint_transformers_left_half_written(runs, tmp_path):
+    """transformers killed during a save left checkpoint-6 without scheduler.pt, rng_state.pth and trainer_state.json.
+
+    transformers' own ``resume_from_checkpoint=True`` would take it; hf_lightning takes checkpoint-5 and
+    still ends where the uninterrupted transformers run ends.
+    """
+    copy_checkpoints(runs["root"] / "hf", tmp_path, up_to=6)
+    for name in ("scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        os.remove(tmp_path / "checkpoint-6" / name)
+    from transformers.trainer_utils import get_last_checkpoint
+
+    assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-6")
+    resumed = resume("hl", True, tmp_path)
+    assert_continues(runs["hf"], resumed)

@@ -23,6 +23,7 @@ def make_checkpoints(folder, steps, mtimes=None) -> None:
         path = folder / f"checkpoint-{step}"
         path.mkdir(parents=True)
         (path / "model.safetensors").write_bytes(b"x")
+        (path / "trainer_state.json").write_text("{}")
         when = 1_000_000 + (mtimes[i] if mtimes else 10 * i)
         os.utime(path, (when, when))
 
@@ -74,6 +75,18 @@ def test_hidden_names_are_invisible_to_transformers_and_cleaned(tmp_path):
     assert sorted(os.path.basename(p) for p in removed) == [".old-checkpoint-1", ".tmp-checkpoint-3"]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-1", "checkpoint-2", "checkpoint-x"]
     assert hf_format.find_last_checkpoint(tmp_path / "absent") is None
+
+
+def test_last_checkpoint_passes_over_folders_a_killed_transformers_save_left(tmp_path):
+    make_checkpoints(tmp_path, [4, 5, 6])
+    os.remove(tmp_path / "checkpoint-6" / "trainer_state.json")  # transformers killed mid-save: written last
+    assert hf_format.find_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
+    (tmp_path / "checkpoint-5" / hf_format.INCOMPLETE_MARKER).write_text("")  # transformers' JIT-save sentinel
+    assert hf_format.find_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    with pytest.raises(CheckpointError, match="checkpoint-is-incomplete.txt: transformers marked this checkpoint"):
+        hf_format.read_weights(tmp_path / "checkpoint-5")
+    os.remove(tmp_path / "checkpoint-4" / "trainer_state.json")
+    assert hf_format.find_last_checkpoint(tmp_path) is None
 
 
 def test_trainer_state_text_is_transformers_own(tmp_path):
