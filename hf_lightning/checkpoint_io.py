@@ -79,10 +79,8 @@ class HFCheckpointIO(CheckpointIO):
 
     @override
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
-        import shutil
-
         if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
+            hf_format.delete_checkpoint(path)
         elif os.path.exists(path):
             os.remove(path)
 

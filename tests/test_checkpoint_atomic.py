@@ -28,7 +28,6 @@ import torch
 from helpers import build
 from tiny import RegressionDataset, TinyReg
 
-import hf_lightning
 from hf_lightning import hf_format
 from hf_lightning.checkpoint_io import HFCheckpointIO
 
@@ -225,7 +224,7 @@ def test_async_saves_write_the_same_checkpoints(tmp_path):
 
 def test_async_save_keeps_tied_weights_tied(tmp_path, tokenizer):
     """The copy keeps shared storage shared, so save_pretrained drops the tied duplicate as in a synchronous save."""
-    from test_checkpoint_layout import TokenDataset
+    from checkpoint_helpers import TokenDataset
     from tiny import tiny_llama_config
     from transformers import DataCollatorForSeq2Seq, LlamaForCausalLM
 

@@ -16,11 +16,9 @@ import shutil
 
 import pytest
 import torch
-from helpers import build
+from checkpoint_helpers import TokenDataset, assert_bitwise, checkpoints, sorted_entries
+from helpers import assert_same_history, build
 from safetensors.torch import load_file
-from test_checkpoint_layout import TokenDataset, checkpoints
-from test_checkpoint_resume import assert_bitwise, sorted_entries
-from helpers import assert_same_history
 from tiny import tiny_llama_config
 from transformers import DataCollatorForSeq2Seq, LlamaForCausalLM
 

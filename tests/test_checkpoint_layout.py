@@ -12,6 +12,7 @@ import os
 
 import pytest
 import torch
+from checkpoint_helpers import TokenDataset, checkpoints
 from helpers import LIGHTNING_QUIET, TIMING, assert_same_history, build, make_args, run_both
 from tiny import RegressionDataset, TinyReg, tiny_bert_config, tiny_llama_config
 from transformers import (
@@ -29,36 +30,12 @@ from transformers import (
 import hf_lightning
 
 
-class TokenDataset(torch.utils.data.Dataset):
-    """Token id sequences of varying length, with a class label or (``causal``) labels = inputs."""
-
-    def __init__(self, n: int, seed: int = 0, causal: bool = False) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.items = []
-        for _ in range(n):
-            length = int(torch.randint(4, 12, (1,), generator=g))
-            ids = torch.randint(5, 99, (length,), generator=g).tolist()
-            label = ids if causal else int(torch.randint(0, 2, (1,), generator=g))
-            self.items.append({"input_ids": ids, "labels": label})
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.items[i]
-
-
 def bert() -> BertForSequenceClassification:
     return BertForSequenceClassification(tiny_bert_config())
 
 
 def llama() -> LlamaForCausalLM:
     return LlamaForCausalLM(tiny_llama_config())
-
-
-def checkpoints(folder) -> list[str]:
-    names = [n for n in os.listdir(folder) if n.startswith("checkpoint-")] if os.path.isdir(folder) else []
-    return sorted(names, key=lambda n: int(n.split("-")[1]))
 
 
 def without_timings(value):

@@ -15,6 +15,7 @@ import shutil
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from checkpoint_helpers import assert_bitwise, sorted_entries
 from helpers import LIGHTNING_QUIET, assert_same_history, build, make_args
 from tiny import RegressionDataset, TinyReg
 from transformers import EarlyStoppingCallback
@@ -65,19 +66,6 @@ def resume(framework: str, checkpoint, output_dir, **overrides):
 
 def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def assert_bitwise(expected: torch.nn.Module | dict, actual: torch.nn.Module | dict) -> None:
-    e = expected if isinstance(expected, dict) else expected.state_dict()
-    a = actual if isinstance(actual, dict) else actual.state_dict()
-    assert e.keys() == a.keys()
-    for key in e:
-        assert torch.equal(e[key], a[key]), f"{key} differs by {(e[key] - a[key]).abs().max().item()}"
-
-
-def sorted_entries(history: list[dict]) -> list[dict]:
-    """Entries read back from trainer_state.json have sorted keys (in transformers too): compare key sets."""
-    return [dict(sorted(entry.items())) for entry in history]
 
 
 def assert_continues(uninterrupted, resumed) -> None:
