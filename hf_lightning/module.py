@@ -455,6 +455,16 @@ class HFModule(pl.LightningModule):
 
     # --------------------------------------------------------------------------- checkpoints
 
+    def save_model(self, output_dir: str) -> None:
+        """Export the model like ``transformers.Trainer.save_model``: weights and config, tokenizer, ``training_args.bin``.
+
+        ``from_pretrained(output_dir)`` loads the result. Under several processes call it on every
+        rank (the full state is gathered); rank 0 writes.
+        """
+        from .callbacks.checkpoint import export_model
+
+        export_model(self._trainer, self, str(output_dir))
+
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         datamodule = self._trainer.datamodule if self._trainer is not None else None
@@ -469,8 +479,11 @@ class HFModule(pl.LightningModule):
         extras = checkpoint.get(HF_CHECKPOINT_KEY)
         if not extras or "source_dir" not in extras:
             return
-        from .hf_format import CheckpointError
+        from .hf_format import CheckpointError, load_adapter_into
 
+        if extras.get("adapter_weights") is not None:
+            load_adapter_into(self.model, extras["adapter_weights"])
+            checkpoint["state_dict"] = self.state_dict()  # what Lightning restores next: the model as it now is
         state_dict = checkpoint["state_dict"]
         expected = self.state_dict()
         missing = [k for k in expected if k not in state_dict]
@@ -487,13 +500,16 @@ class HFModule(pl.LightningModule):
                 f"missing {[k.removeprefix('model.') for k in missing][:10]}{' ...' if len(missing) > 10 else ''}, "
                 f"unexpected {[k.removeprefix('model.') for k in unexpected][:10]}{' ...' if len(unexpected) > 10 else ''}."
             )
-        for key, value in state_dict.items():
-            target = expected.get(key)
-            if target is not None and tuple(target.shape) != tuple(value.shape):
-                raise CheckpointError(
-                    f"{weights}: `{key.removeprefix('model.')}` has shape {tuple(value.shape)} in the checkpoint "
-                    f"but {tuple(target.shape)} in the model."
-                )
+        mismatched = [
+            f"`{key.removeprefix('model.')}` {tuple(value.shape)} in the checkpoint, {tuple(expected[key].shape)} in the model"
+            for key, value in state_dict.items()
+            if key in expected and tuple(expected[key].shape) != tuple(value.shape)
+        ]
+        if mismatched:
+            raise CheckpointError(
+                f"{weights}: the weights do not fit {type(self.model).__name__}, {len(mismatched)} shapes differ: "
+                + "; ".join(mismatched[:10]) + (" ..." if len(mismatched) > 10 else "")
+            )
         if "optimizer_states" not in checkpoint or "lr_schedulers" not in checkpoint:
             self._pending_checkpoint = checkpoint
             if self._trainer is not None and self.trainer.optimizers:

@@ -22,7 +22,7 @@ from transformers.trainer_utils import PredictionOutput, TrainOutput, enable_ful
 
 from . import distributed, hf_format
 from .arguments import LIGHTNING_LOGGERS, precision_for, resolve_report_to, trainer_limits, validate_arguments
-from .callbacks.checkpoint import HFCheckpoint, export_model
+from .callbacks.checkpoint import HFCheckpoint, export_model, install_checkpoint_connector
 from .callbacks.flow import HFFlowCallback
 from .checkpoint_io import HFCheckpointIO
 from .data import HFDataModule
@@ -83,6 +83,7 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     Args:
         args: the TrainingArguments of the run.
         overrides: ``lightning.Trainer`` keyword arguments (strategy, devices, accelerator, plugins, ...).
+            ``async_save=True`` writes checkpoints in a background thread (see ``HFCheckpoint``).
             ``callbacks`` are appended after the hf_lightning ones; transformers ``TrainerCallback``s
             among them run through the callback bridge. ``plugins`` are added to ``HFCheckpointIO``.
     """
@@ -103,7 +104,7 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     flow_state = overrides.pop("hf_state", None)
     loggers, integrations = make_loggers(args)
     flow = HFFlowCallback(args, callbacks=[*integrations, *hf_callbacks], state=flow_state)
-    checkpoint = HFCheckpoint(args)
+    checkpoint = HFCheckpoint(args, async_save=overrides.pop("async_save", False))
     plugins = overrides.pop("plugins", None) or []
     plugins = plugins if isinstance(plugins, list) else [plugins]
     if not any(isinstance(p, HFCheckpointIO) or type(p).__name__.endswith("CheckpointIO") for p in plugins):
@@ -132,6 +133,7 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
         kwargs["strategy"] = strategy
     trainer = pl.Trainer(**kwargs)
     distributed.prepare_launcher(trainer)
+    install_checkpoint_connector(trainer)
     return trainer
 
 

@@ -368,7 +368,8 @@ class HFFlowCallback(Callback):
 
     def _sync_tokens(self) -> None:
         module = self._module
-        if self._tracks_tokens() and module is not None and module._trainer is not None and module.trainer.training:
+        # During fit, evaluation logs and checkpoints too carry every token trained so far (transformers counts per micro-batch).
+        if self._tracks_tokens() and module is not None and module._trainer is not None and module.trainer.state.fn == "fit":
             self.state.num_input_tokens_seen += module.pop_input_tokens()
 
     def hf_log(self, logs: dict[str, float], trainer: pl.Trainer | None = None, start_time: float | None = None) -> dict[str, Any]:
@@ -529,6 +530,7 @@ class HFFlowCallback(Callback):
                 "build it with hf_lightning.build_trainer or add hf_lightning.callbacks.HFCheckpoint."
             )
         self._store_flos(pl_module)
+        self._sync_tokens()  # transformers counts tokens per micro-batch, so a checkpoint's state has them all
         self.checkpointer.save(trainer, pl_module)
         self._event("on_save")
 
