@@ -145,11 +145,15 @@ class _RankedScriptLauncher(_SubprocessScriptLauncher):
 
 
 def prepare_launcher(trainer: Any) -> None:
-    """Swap Lightning's script launcher for ``_RankedScriptLauncher`` (same settings)."""
+    """Swap the strategy's Lightning script launcher for ``_RankedScriptLauncher`` (same settings)."""
     strategy = trainer.strategy
-    launcher = getattr(strategy, "_launcher", None)
-    if type(launcher) is _SubprocessScriptLauncher and not _hydra_in_use():
-        strategy._launcher = _RankedScriptLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
+    strategy._launcher = _ranked(getattr(strategy, "_launcher", None))
+
+
+def _ranked(launcher: Any) -> Any:
+    if type(launcher) is _SubprocessScriptLauncher and not _hydra_in_use():  # hydra children need Lightning's own command
+        return _RankedScriptLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
+    return launcher
 
 
 def _hydra_in_use() -> bool:
@@ -263,9 +267,7 @@ class _HFShardedCheckpoints:
     # What Lightning's dump_checkpoint collects (collectives).
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
-        if self._hf_state_dict_type == "full":
-            return _model_state(self.model, full=True)  # type: ignore[attr-defined]
-        return _model_state(self.model, full=False)  # type: ignore[attr-defined]
+        return _model_state(self.model, full=self._hf_state_dict_type == "full")  # type: ignore[attr-defined]
 
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         optimizer = getattr(optimizer, "_optimizer", optimizer)
@@ -377,9 +379,7 @@ class FSDP2Strategy(_HFShardedCheckpoints, ModelParallelStrategy):
     @override
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
-        launcher = self._launcher
-        if type(launcher) is _SubprocessScriptLauncher:
-            self._launcher = _RankedScriptLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
+        self._launcher = _ranked(self._launcher)
 
     @override
     def setup(self, trainer: Any) -> None:
@@ -406,9 +406,7 @@ class FSDPStrategy(_HFShardedCheckpoints, LightningFSDPStrategy):
     @override
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
-        launcher = self._launcher
-        if type(launcher) is _SubprocessScriptLauncher:
-            self._launcher = _RankedScriptLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
+        self._launcher = _ranked(self._launcher)
 
     @override
     def _setup_model(self, model: nn.Module) -> nn.Module:
