@@ -113,6 +113,17 @@ def test_ddp_log_history_and_weights_match_transformers(runs: Path, case: str) -
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_ddp_evaluate_and_predict_match_transformers(runs: Path, case: str) -> None:
+    """``evaluate()`` and ``predict()`` after training: gathered over ranks, each sample once."""
+    hf, hl = dh.result(runs / "hf" / case), dh.result(runs / "hl" / case)
+    assert_same_history([hf["evaluate"]], [hl["evaluate"]], rel=1e-5)
+    assert_same_history([hf["predict"]["metrics"]], [hl["predict"]["metrics"]], rel=1e-5)
+    assert hl["predict"]["shape"] == hf["predict"]["shape"] and hl["predict"]["shape"][0] == {"reg": 13, "llama": 7}[case]
+    assert hl["predict"]["label_ids_shape"] == hf["predict"]["label_ids_shape"]
+    assert abs(hl["predict"]["sum"] - hf["predict"]["sum"]) <= 1e-6 * max(1.0, abs(hf["predict"]["sum"]))
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_ddp_each_rank_trains_on_transformers_micro_batches(runs: Path, case: str) -> None:
     for rank in (0, 1):
         expected, actual = dh.batches(runs / "hf" / case, rank), dh.batches(runs / "hl" / case, rank)

@@ -119,6 +119,9 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
         resume = os.path.join(base, f"checkpoint-{spec['resume']}")
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(os.path.join(folder, "final"))
+    evaluated = trainer.evaluate()
+    eval_dataset = case.trainer_kwargs.get("eval_dataset")
+    predicted = trainer.predict(eval_dataset) if eval_dataset is not None else None
     r = rank()
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"batches_rank{r}.json"), "w") as f:
@@ -131,7 +134,16 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
             if d.startswith("checkpoint-")
         }
         with open(os.path.join(folder, "result.json"), "w") as f:
-            json.dump({"log_history": trainer.state.log_history, "checkpoints": checkpoints}, f, indent=1)
+            result = {"log_history": trainer.state.log_history, "checkpoints": checkpoints, "evaluate": evaluated}
+            if predicted is not None:
+                predictions = torch.as_tensor(predicted.predictions).double()
+                result["predict"] = {
+                    "metrics": predicted.metrics,
+                    "shape": list(predictions.shape),
+                    "sum": float(predictions.nan_to_num().sum()),
+                    "label_ids_shape": list(torch.as_tensor(predicted.label_ids).shape),
+                }
+            json.dump(result, f, indent=1)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
 
