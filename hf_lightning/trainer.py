@@ -335,9 +335,7 @@ class Trainer:
         dataset = eval_dataset if eval_dataset is not None else self.datamodule.eval_dataset
         if dataset is None:
             raise ValueError("Trainer: evaluation requires an eval_dataset.")
-        if not self._trained and self.module.model_preparation_time is None:
-            self.module.model_preparation_time = 0.0
-        self._cast_for_full_eval()
+        self._prepare_for_eval()
         previous = self.datamodule.eval_dataset
         self.datamodule.eval_dataset = dataset
         self.module.eval_prefix, self.module.eval_ignore_keys = metric_key_prefix, ignore_keys
@@ -352,7 +350,7 @@ class Trainer:
 
     def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test") -> PredictionOutput:
         """Predictions, labels and ``test_*`` metrics for ``test_dataset`` (not logged, like transformers)."""
-        self._cast_for_full_eval()
+        self._prepare_for_eval()
         self.datamodule.test_dataset = test_dataset
         self.module.test_prefix, self.module.eval_ignore_keys = metric_key_prefix, ignore_keys
         try:
@@ -362,7 +360,11 @@ class Trainer:
         _, result = self.flow.last_predictions[0]
         return PredictionOutput(predictions=result.predictions, label_ids=result.label_ids, metrics=result.metrics)
 
-    def _cast_for_full_eval(self) -> None:
+    def _prepare_for_eval(self) -> None:
+        # transformers prepares the model in the first evaluation_loop run before any train() and from
+        # then on reports `{prefix}_model_preparation_time` in every evaluate()/predict() of that Trainer.
+        if not self._trained and self.module.model_preparation_time is None:
+            self.module.model_preparation_time = 0.0
         if self._trained:
             return
         if self.args.fp16_full_eval:
