@@ -310,7 +310,9 @@ class HFModule(pl.LightningModule):
         else:
             value = self._tr_loss
         value = distributed.reduce_mean(self.trainer.strategy, value.float())
-        self._tr_loss = torch.zeros_like(value) if self._tr_loss is not None else None
+        if self._tr_loss is not None:
+            # transformers resets with `tr_loss -= tr_loss`: a NaN (filter off) stays NaN for the rest of the run.
+            self._tr_loss = self._tr_loss - self._tr_loss
         self.last_logged_step = self.trainer.global_step
         return float(value.item())
 

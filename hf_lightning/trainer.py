@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from .callbacks.flow import HFFlowCallback
 from .checkpoint_io import HFCheckpointIO
 from .data import HFDataModule
 from .module import HFModule
+from .state import MemoryTracker
 
 __all__ = ["build_trainer", "Trainer", "make_loggers"]
 
@@ -230,6 +230,8 @@ class Trainer:
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
         )
         self.args = args
+        self._memory = MemoryTracker(args.skip_memory_metrics)
+        self._memory.begin("init")
         self.module = HFModule(
             model,
             args,
@@ -254,12 +256,14 @@ class Trainer:
         self.lightning_trainer = self._build()
         if args.should_save:
             os.makedirs(args.output_dir, exist_ok=True)
+        self._memory.end("init")
 
     def _build(self) -> pl.Trainer:
         kwargs = dict(self._lightning_kwargs)
         user_callbacks = list(kwargs.pop("callbacks", None) or [])
         trainer = build_trainer(self.args, callbacks=[*self.callbacks, *user_callbacks], hf_state=self._state, **kwargs)
         self.flow: HFFlowCallback = _find(trainer, HFFlowCallback)
+        self.flow.memory = self._memory
         self.flow.handler.on_init_end(self.args, self.flow.state, self.flow.control)
         return trainer
 
@@ -339,25 +343,28 @@ class Trainer:
         previous = self.datamodule.eval_dataset
         self.datamodule.eval_dataset = dataset
         self.module.eval_prefix, self.module.eval_ignore_keys = metric_key_prefix, ignore_keys
-        started = time.time()
+        self._memory.begin("eval")
         try:
             self.lightning_trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
         finally:
             self.datamodule.eval_dataset = previous
             self.module.eval_prefix, self.module.eval_ignore_keys = "eval", None
-        del started
-        return dict(self.flow.last_eval_metrics)
+        metrics = dict(self.flow.last_eval_metrics)
+        self._memory.end("eval", metrics)  # after the log, like transformers: returned, not logged
+        return metrics
 
     def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test") -> PredictionOutput:
         """Predictions, labels and ``test_*`` metrics for ``test_dataset`` (not logged, like transformers)."""
         self._prepare_for_eval()
         self.datamodule.test_dataset = test_dataset
         self.module.test_prefix, self.module.eval_ignore_keys = metric_key_prefix, ignore_keys
+        self._memory.begin("test")
         try:
             self.lightning_trainer.test(self.module, datamodule=self.datamodule, verbose=False)
         finally:
             self.module.eval_ignore_keys = None
         _, result = self.flow.last_predictions[0]
+        self._memory.end("test", result.metrics)
         return PredictionOutput(predictions=result.predictions, label_ids=result.label_ids, metrics=result.metrics)
 
     def _prepare_for_eval(self) -> None:

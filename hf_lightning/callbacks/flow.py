@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -147,6 +146,7 @@ class HFFlowCallback(Callback):
         self._epoch_finished = True
         self._after_eval: str | None = None
         self._module: Any = None
+        self.memory = hf_state.MemoryTracker(args.skip_memory_metrics)
         self._reset_run_counters()
 
     # ------------------------------------------------------------------------------ plumbing
@@ -212,6 +212,10 @@ class HFFlowCallback(Callback):
             install_epoch_loop(trainer)
         self.state.is_local_process_zero = trainer.local_rank == 0
         self.state.is_world_process_zero = trainer.global_rank == 0
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.memory.begin("train")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -549,8 +553,7 @@ class HFFlowCallback(Callback):
             total_flos=self.state.total_flos,
             train_loss=train_loss,
         )
-        if not self.args.skip_memory_metrics:
-            metrics.update(_memory_metrics())
+        self.memory.end("train", metrics)
         self.hf_log(metrics, trainer)
         if self.checkpointer is not None:
             self.checkpointer.finish_training(trainer, pl_module, self.state)
@@ -635,17 +638,3 @@ def _fast_forward_loops(trainer: pl.Trainer, global_step: int, epochs_trained: i
     steps = fit_loop.epoch_loop.manual_optimization.optim_step_progress.total
     steps.ready = steps.completed = global_step
     fit_loop.epoch_loop._batches_that_stepped = global_step
-
-
-def _memory_metrics() -> dict[str, int]:
-    metrics: dict[str, int] = {}
-    if torch.cuda.is_available():
-        metrics["train_mem_gpu_peaked_delta"] = int(torch.cuda.max_memory_allocated())
-    try:
-        import resource
-
-        metrics["train_mem_cpu_peaked_delta"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    except ImportError:  # pragma: no cover
-        pass
-    return metrics
-
