@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PredictionOutput, TrainOutput, enable_full_determinism, set_seed
 
@@ -23,6 +23,7 @@ from . import hf_format
 from .arguments import LIGHTNING_LOGGERS, precision_for, resolve_report_to, trainer_limits, validate_arguments
 from .callbacks.checkpoint import HFCheckpoint, export_model
 from .callbacks.flow import HFFlowCallback
+from .callbacks.progress import HFProgressBar
 from .checkpoint_io import HFCheckpointIO
 from .data import HFDataModule
 from .module import HFModule
@@ -144,6 +145,8 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     if args.full_determinism:
         kwargs["deterministic"] = True
     kwargs.update(overrides)
+    if kwargs["enable_progress_bar"] and not any(isinstance(cb, ProgressBar) for cb in pl_callbacks):
+        kwargs["callbacks"].append(HFProgressBar())
     if "strategy" not in overrides and _wants_several_devices(kwargs):
         kwargs["strategy"] = _ddp_strategy(args)
     return pl.Trainer(**kwargs)

@@ -119,3 +119,22 @@ def test_sequential_sampling_and_max_grad_norm_off(tmp_path):
 
 def test_data_seed_changes_order_like_transformers(tmp_path):
     _compare(tmp_path, num_train_epochs=2, logging_steps=2, data_seed=7, seed=3)
+
+
+def test_train_summary_after_resume_counts_only_this_call(tmp_path):
+    """After a resume, ``train_loss`` and the speed keys cover the steps run in that ``train()`` call (v5)."""
+    from helpers import act_both
+
+    def resume(trainer):
+        trainer.train()
+        output = trainer.train(resume_from_checkpoint=str(trainer.args.output_dir) + "/checkpoint-4")
+        return output
+
+    kwargs = dict(train_dataset=RegressionDataset(48))
+    hf, hl, expected, actual = act_both(TinyReg, tmp_path, resume, trainer_kwargs=kwargs, per_device_train_batch_size=8,
+                                        gradient_accumulation_steps=2, num_train_epochs=3, logging_steps=3, save_strategy="steps",
+                                        save_steps=4, learning_rate=1e-2)
+    assert_same_history(hf.state.log_history, hl.state.log_history)
+    assert_same_weights(hf.model, hl.model)
+    assert actual.training_loss == pytest.approx(expected.training_loss, rel=1e-5)
+    assert actual.metrics.keys() == expected.metrics.keys()

@@ -20,6 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+from lightning.pytorch.trainer.states import TrainerFn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, ExportableState, PrinterCallback
 from typing_extensions import override
@@ -147,6 +148,8 @@ class HFFlowCallback(Callback):
         self._after_eval: str | None = None
         self._module: Any = None
         self.memory = hf_state.MemoryTracker(args.skip_memory_metrics)
+        self.progress_metrics: dict[str, float] = {}
+        """The latest training ``loss`` and ``lr``, shown by ``HFProgressBar``."""
         self._reset_run_counters()
 
     # ------------------------------------------------------------------------------ plumbing
@@ -262,6 +265,7 @@ class HFFlowCallback(Callback):
         self.handler.optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self.handler.lr_scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
         self.handler.train_dataloader = trainer.train_dataloader
+        self._log_run_texts(trainer, pl_module)
         self._event("on_train_begin")
         self._eval_on_start_pending = bool(args.eval_on_start)
 
@@ -358,9 +362,20 @@ class HFFlowCallback(Callback):
         self._total_loss_scalar += loss
         self._store_flos(pl_module)
         self.hf_log(logs, trainer, start_time=self._start_time)
-        if trainer.progress_bar_callback is not None:
-            pl_module.log("loss", logs["loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
-            pl_module.log("lr", logs["learning_rate"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        self.progress_metrics = {"loss": logs["loss"], "lr": logs["learning_rate"]}
+
+    def _log_run_texts(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """What transformers' TensorBoardCallback writes at train begin: the args and the model config as text."""
+        if not trainer.is_global_zero:
+            return
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        config = getattr(getattr(pl_module, "model", None), "config", None)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("args", self.args.to_json_string())
+                if config is not None:
+                    logger.experiment.add_text("model_config", config.to_json_string())
 
     def _tracks_tokens(self) -> bool:
         return str(self.args.include_num_input_tokens_seen) not in ("no", "False")
@@ -385,12 +400,22 @@ class HFFlowCallback(Callback):
             start_time=start_time,
             initial_num_input_tokens_seen=self._initial_tokens,
         )
-        self._event("on_log", logs=logs)
         if trainer is not None:
+            # where transformers' reporting integrations sit: before user callbacks and PrinterCallback (which pops total_flos)
             self._to_loggers(trainer, logs)
-            if not self._use_printer() and trainer.is_global_zero and trainer.progress_bar_callback is not None:
-                self._print_logs(logs)
+        self._event("on_log", logs=logs)
+        if trainer is not None and self._prints_like_progress_callback(trainer):
+            self._print_logs(logs)
         return logs
+
+    def _prints_like_progress_callback(self, trainer: pl.Trainer) -> bool:
+        # transformers' ProgressCallback writes log dicts only while its training bar exists (during train()).
+        return (
+            not self._use_printer()
+            and trainer.is_global_zero
+            and trainer.progress_bar_callback is not None
+            and trainer.state.fn == TrainerFn.FITTING
+        )
 
     def _to_loggers(self, trainer: pl.Trainer, logs: dict[str, Any]) -> None:
         from transformers.integrations.integration_utils import rewrite_logs
@@ -400,9 +425,20 @@ class HFFlowCallback(Callback):
             logger.log_metrics(scalars, step=self.state.global_step)
 
     @staticmethod
-    def _print_logs(logs: dict[str, Any]) -> None:
-        # transformers' ProgressCallback.on_log: floats as .4g, without total_flos, above the bar.
-        shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items() if k != "total_flos"}
+    def _print_logs(logs: dict[str, Any], max_str_len: int = 100) -> None:
+        # transformers' ProgressCallback.on_log: floats as .4g, long strings elided, no total_flos, above the bar.
+        shown: dict[str, Any] = {}
+        for key, value in logs.items():
+            if isinstance(value, str) and len(value) > max_str_len:
+                shown[key] = (
+                    f"[String too long to display, length: {len(value)} > {max_str_len}. "
+                    "Consider increasing `max_str_len` if needed.]"
+                )
+            elif isinstance(value, float):
+                shown[key] = f"{value:.4g}"
+            else:
+                shown[key] = value
+        shown.pop("total_flos", None)
         from tqdm.auto import tqdm
 
         tqdm.write(str(shown))
