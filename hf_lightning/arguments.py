@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .state import strategy_name
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ARGUMENT_SUPPORT",
@@ -29,6 +32,7 @@ __all__ = [
     "validate_arguments",
     "unsupported_arguments",
     "resolve_report_to",
+    "process_log_level",
 ]
 
 HONOURED = "honoured"
@@ -77,11 +81,11 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "logging_strategy": (HONOURED, "no / steps / epoch, in optimizer steps"),
     "logging_steps": (HONOURED, "int or ratio of max_steps"),
     "logging_first_step": (HONOURED, "log after the first optimizer step"),
-    "log_on_each_node": (HONOURED, "transformers' process log level on non-zero local ranks"),
+    "log_on_each_node": (HONOURED, "`log_level` on every node's local rank 0 (Lightning's ranks), `log_level_replica` elsewhere"),
     "logging_nan_inf_filter": (HONOURED, "NaN/Inf step losses are replaced without a host sync"),
     "include_num_input_tokens_seen": (HONOURED, "no / all / non_padding; counted on device, synced at logging steps"),
-    "log_level": (HONOURED, "transformers' logging verbosity on the main process"),
-    "log_level_replica": (HONOURED, "transformers' logging verbosity on replicas"),
+    "log_level": (HONOURED, "transformers' logging verbosity on the main process (`passive` keeps it)"),
+    "log_level_replica": (HONOURED, "transformers' logging verbosity on the other processes"),
     "disable_tqdm": (HONOURED, "Lightning's progress bar on/off; PrinterCallback semantics when off"),
     "report_to": (HONOURED, "tensorboard, csv, wandb, mlflow, comet_ml, neptune -> Lightning loggers; other integrations run as transformers callbacks"),
     "run_name": (HONOURED, "logger run name/version"),
@@ -96,14 +100,14 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "prediction_loss_only": (HONOURED, "predictions are not gathered"),
     "eval_on_start": (HONOURED, "an eval at step 0 before the first epoch"),
     "eval_do_concat_batches": (HONOURED, "transformers' EvalLoopContainer"),
-    "eval_use_gather_object": (HONOURED, "non-tensor outputs gathered with `all_gather_object`"),
+    "eval_use_gather_object": (HONOURED, "eval outputs gathered with accelerate's `gather_object` (non-tensor outputs)"),
     "eval_accumulation_steps": (HONOURED, "predictions moved to CPU every N eval steps"),
     "include_for_metrics": (HONOURED, "`inputs` and `loss` passed to `compute_metrics`"),
     "batch_eval_metrics": (HONOURED, "`compute_metrics(..., compute_result=)` per batch"),
     "save_only_model": (HONOURED, "no optimizer/scheduler/rng files"),
     "save_strategy": (HONOURED, "no / steps / epoch / best"),
     "save_steps": (HONOURED, "int or ratio"),
-    "save_on_each_node": (HONOURED, "local rank 0 of every node writes the model files"),
+    "save_on_each_node": (UNSUPPORTED, "global rank 0 writes the model files (on one node that is the same); for per-node copies use a shared filesystem or copy after training"),
     "save_total_limit": (HONOURED, "rotation protecting the newest and the best checkpoint, limit-1 rule at the end"),
     "enable_jit_checkpoint": (UNSUPPORTED, "use Lightning's SIGTERM handling; our saves are atomic anyway"),
     "push_to_hub": (UNSUPPORTED, "no Hub push from hf_lightning; call `model.push_to_hub` yourself"),
@@ -122,7 +126,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "seed": (HONOURED, "`set_seed(seed)` when the trainer is built, as transformers does in `Trainer.__init__`"),
     "data_seed": (HONOURED, "seed of the epoch permutations"),
     "use_cpu": (HONOURED, "Lightning accelerator `cpu`"),
-    "accelerator_config": (NOT_APPLICABLE, "accelerate-specific; Lightning prepares data and models itself"),
+    "accelerator_config": (UNSUPPORTED, "accelerate's dataloader/accumulation settings: only the defaults (`split_batches=False`, `dispatch_batches=None`, `even_batches=True`, `use_seedable_sampler=True`, no `gradient_accumulation_kwargs`) are reproduced; `non_blocking` and `use_configured_state` are accepted and have no effect"),
     "parallelism_config": (UNSUPPORTED, "tensor/context/sequence parallelism of accelerate; use a Lightning strategy"),
     "dataloader_drop_last": (HONOURED, "train and eval dataloaders"),
     "dataloader_num_workers": (HONOURED, "DataLoader workers, seeded like transformers"),
@@ -167,10 +171,36 @@ def _default_of(name: str) -> Any:
     return None
 
 
+# accelerator_config fields whose non-default value would change the data order or the batching.
+_ACCELERATOR_CONFIG_DEFAULTS = {
+    "split_batches": False,
+    "dispatch_batches": None,
+    "even_batches": True,
+    "use_seedable_sampler": True,
+    "gradient_accumulation_kwargs": None,
+}
+
+
+def _accelerator_config_problems(config: Any) -> list[str]:
+    if config is None:
+        return []
+    values = config if isinstance(config, dict) else dataclasses.asdict(config)
+    changed = {k: values[k] for k, default in _ACCELERATOR_CONFIG_DEFAULTS.items() if k in values and values[k] not in (default, {} if default is None else default)}
+    if not changed:
+        return []
+    return [
+        f"`accelerator_config` sets {changed}, which hf_lightning does not reproduce: only the defaults "
+        f"{_ACCELERATOR_CONFIG_DEFAULTS} are supported (data order and batching follow accelerate's defaults)."
+    ]
+
+
 def unsupported_arguments(args: TrainingArguments) -> list[str]:
     """Names of unsupported fields set to something other than their default, with why."""
     problems = []
     for name, (status, why) in ARGUMENT_SUPPORT.items():
+        if name == "accelerator_config":
+            problems += _accelerator_config_problems(getattr(args, name, None))
+            continue
         if status != UNSUPPORTED or not hasattr(args, name):
             continue
         value = getattr(args, name)
@@ -212,6 +242,20 @@ def _report_to_problems(report_to: list[str]) -> list[str]:
         for name in report_to
         if name not in known
     ]
+
+
+def process_log_level(args: TrainingArguments, *, global_rank: int, local_rank: int) -> int:
+    """``TrainingArguments.get_process_log_level`` with Lightning's ranks instead of accelerate's state.
+
+    The main process (global rank 0, or every local rank 0 with ``log_on_each_node``) gets ``log_level``,
+    the others ``log_level_replica``; ``passive`` keeps transformers' current verbosity.
+    """
+    from transformers.utils import logging as hf_logging
+    from transformers.training_args import trainer_log_levels
+
+    main = local_rank == 0 if args.log_on_each_node else global_rank == 0
+    level = trainer_log_levels[args.log_level if main else args.log_level_replica]
+    return hf_logging.get_verbosity() if level == -1 else level
 
 
 def precision_for(args: TrainingArguments) -> str:
@@ -269,7 +313,8 @@ def validate_arguments(
             "`metric_for_best_model` must be set when `save_strategy='best'` or `load_best_model_at_end=True`."
         )
     if save_strategy == "best" and eval_strategy == "no":
-        problems.append("`save_strategy='best'` saves after evaluations, but `eval_strategy='no'` never evaluates.")
+        # transformers accepts it (and never saves); so do we, with a warning.
+        log.warning("`save_strategy='best'` saves after evaluations, but `eval_strategy='no'` never evaluates: no checkpoint will be written.")
     if args.batch_eval_metrics and compute_metrics is not None:
         if "compute_result" not in inspect.signature(compute_metrics).parameters:
             problems.append(

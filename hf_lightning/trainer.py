@@ -20,7 +20,7 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PredictionOutput, TrainOutput, enable_full_determinism, set_seed
 
 from . import hf_format
-from .arguments import LIGHTNING_LOGGERS, precision_for, resolve_report_to, trainer_limits, validate_arguments
+from .arguments import LIGHTNING_LOGGERS, precision_for, process_log_level, resolve_report_to, trainer_limits, validate_arguments
 from .callbacks.checkpoint import HFCheckpoint, export_model
 from .callbacks.flow import HFFlowCallback
 from .callbacks.progress import HFProgressBar
@@ -109,7 +109,6 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     if args.tf32 is not None and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
         torch.backends.cudnn.allow_tf32 = bool(args.tf32)
-    _set_log_levels(args)
     extra_callbacks = list(overrides.pop("callbacks", None) or [])
     hf_callbacks = [cb for cb in extra_callbacks if _is_trainer_callback(cb)]
     pl_callbacks = [cb for cb in extra_callbacks if not _is_trainer_callback(cb)]
@@ -138,6 +137,8 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
         "use_distributed_sampler": False,
         "check_val_every_n_epoch": 1,
         "log_every_n_steps": 1,
+        # transformers evaluates under torch.no_grad(): tensors a model caches while evaluating stay usable in training
+        "inference_mode": False,
         **trainer_limits(args),
     }
     if args.use_cpu:
@@ -149,7 +150,9 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
         kwargs["callbacks"].append(HFProgressBar())
     if "strategy" not in overrides and _wants_several_devices(kwargs):
         kwargs["strategy"] = _ddp_strategy(args)
-    return pl.Trainer(**kwargs)
+    trainer = pl.Trainer(**kwargs)
+    set_process_log_level(args, trainer)  # again in HFFlowCallback.setup, where spawned ranks are known
+    return trainer
 
 
 def _wants_several_devices(kwargs: dict[str, Any]) -> bool:
@@ -167,11 +170,11 @@ def _is_trainer_callback(callback: Any) -> bool:
     return isinstance(callback, TrainerCallback) or (isinstance(callback, type) and issubclass(callback, TrainerCallback))
 
 
-def _set_log_levels(args: TrainingArguments) -> None:
+def set_process_log_level(args: TrainingArguments, trainer: pl.Trainer) -> None:
+    """transformers' verbosity for this process, as ``Trainer.__init__`` sets it (``log_level``/``log_level_replica``)."""
     from transformers.utils import logging as hf_logging
 
-    level = args.get_process_log_level()
-    hf_logging.set_verbosity(level)
+    hf_logging.set_verbosity(process_log_level(args, global_rank=trainer.global_rank, local_rank=trainer.local_rank))
 
 
 def _find(trainer: pl.Trainer, cls: type) -> Any:
@@ -375,12 +378,6 @@ class Trainer:
         # then on reports `{prefix}_model_preparation_time` in every evaluate()/predict() of that Trainer.
         if not self._trained and self.module.model_preparation_time is None:
             self.module.model_preparation_time = 0.0
-        if self._trained:
-            return
-        if self.args.fp16_full_eval:
-            self.module.model.to(dtype=torch.float16)
-        elif self.args.bf16_full_eval:
-            self.module.model.to(dtype=torch.bfloat16)
 
     # ------------------------------------------------------------------------------- save
 

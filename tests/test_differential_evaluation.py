@@ -302,3 +302,15 @@ def test_explicit_label_names(tmp_path):
         label_names=["labels"],
     )
     assert_same_metrics(expected, actual)
+
+
+def test_evaluate_then_train_a_causal_lm(tmp_path):
+    """An evaluation before training must leave the model trainable (transformers evaluates under no_grad)."""
+    hf, hl, hf_results, hl_results = act_both(
+        tiny_llama, tmp_path, _evaluate_then_train_then_evaluate, trainer_kwargs=_lm_kwargs(), per_device_train_batch_size=2,
+        per_device_eval_batch_size=4, max_steps=3, logging_steps=1, learning_rate=1e-3,
+    )
+    for expected, actual in zip(hf_results, hl_results):
+        assert_same_metrics(expected, actual)
+    assert_same_history(hf.state.log_history, hl.state.log_history)
+    assert_same_weights(hf.model, hl.model)

@@ -213,6 +213,11 @@ class HFFlowCallback(Callback):
             self.handler.add_callback(PrinterCallback)
         if stage == "fit":
             install_epoch_loop(trainer)
+        from transformers.utils import logging as hf_logging
+
+        from ..arguments import process_log_level
+
+        hf_logging.set_verbosity(process_log_level(self.args, global_rank=trainer.global_rank, local_rank=trainer.local_rank))
         self.state.is_local_process_zero = trainer.local_rank == 0
         self.state.is_world_process_zero = trainer.global_rank == 0
 
