@@ -5,8 +5,7 @@ options are never ignored, and the cheap "honoured" options really take effect."
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
+import runpy
 
 import pytest
 import torch
@@ -37,8 +36,9 @@ def test_table_covers_every_training_arguments_field():
     assert all(why.strip() for _, why in ARGUMENT_SUPPORT.values())
 
 
-def test_markdown_table_is_printed_by_the_module():
-    out = subprocess.run([sys.executable, "-m", "hf_lightning.arguments"], capture_output=True, text=True, check=True).stdout
+def test_markdown_table_is_printed_by_the_module(capsys):
+    runpy.run_module("hf_lightning.arguments", run_name="__main__")  # python -m hf_lightning.arguments
+    out = capsys.readouterr().out
     assert out.count("\n| `") == len(ARGUMENT_SUPPORT)
     assert "| `gradient_accumulation_steps` | honoured |" in out
 

@@ -31,14 +31,14 @@ def _text_dataset(tokenizer, n: int, seed: int, label_key: str = "label") -> dat
 def test_datasets_columns_tokenizer_padding_and_label_renaming(tmp_path, tokenizer, label_key):
     """Unused columns (text, idx) are removed, label(_ids) becomes labels, DataCollatorWithPadding pads."""
     kwargs = dict(
-        train_dataset=_text_dataset(tokenizer, 20, 0, label_key), eval_dataset=_text_dataset(tokenizer, 8, 1, label_key),
+        train_dataset=_text_dataset(tokenizer, 12, 0, label_key), eval_dataset=_text_dataset(tokenizer, 6, 1, label_key),
         processing_class=tokenizer, compute_metrics=accuracy,
     )
     hf, hl = run_both(tiny_bert_classifier, tmp_path, trainer_kwargs=kwargs, per_device_train_batch_size=4, num_train_epochs=1,
                       logging_steps=2, eval_strategy="epoch", learning_rate=1e-3, save_strategy="epoch")
     assert_same_history(hf.state.log_history, hl.state.log_history)
     assert_same_weights(hf.model, hl.model)
-    assert {"tokenizer.json", "tokenizer_config.json"} <= set(p.name for p in (tmp_path / "hl" / "checkpoint-5").iterdir())
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(p.name for p in (tmp_path / "hl" / "checkpoint-3").iterdir())
 
 
 def test_remove_columns_collator_for_torch_datasets(tmp_path):
@@ -109,7 +109,7 @@ def test_group_by_length_same_batches_as_transformers(tmp_path):
         return make
 
     for side in ("hf", "hl"):
-        trainer = build(side, recorder(side), tmp_path / side, trainer_kwargs=dict(train_dataset=VariableLMDataset(24, max_len=16), data_collator=pad_collate),
+        trainer = build(side, recorder(side), tmp_path / side, trainer_kwargs=dict(train_dataset=VariableLMDataset(16, max_len=12), data_collator=pad_collate),
                         train_sampling_strategy="group_by_length", per_device_train_batch_size=4, num_train_epochs=2, logging_steps=1)
         trainer.train()
         seen[side + "_history"] = trainer.state.log_history
@@ -128,10 +128,10 @@ def test_group_by_length_with_a_length_column(tmp_path, tokenizer):
 
 
 def test_seed_sets_dropout_stream_and_full_determinism(tmp_path):
-    kwargs = dict(train_dataset=ClassificationDataset(16), eval_dataset=ClassificationDataset(4, seed=1))
+    kwargs = dict(train_dataset=ClassificationDataset(8))
     for i, extra in enumerate([dict(seed=3), dict(seed=3, full_determinism=True)]):
         hf, hl = run_both(lambda: tiny_bert_classifier(hidden_dropout_prob=0.3), tmp_path / str(i), trainer_kwargs=kwargs,
-                          per_device_train_batch_size=4, max_steps=4, logging_steps=1, learning_rate=1e-3, **extra)
+                          per_device_train_batch_size=4, max_steps=2, logging_steps=1, learning_rate=1e-3, **extra)
         assert_same_history(hf.state.log_history, hl.state.log_history)
         assert_same_weights(hf.model, hl.model)
     assert torch.are_deterministic_algorithms_enabled()

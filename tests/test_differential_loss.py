@@ -93,7 +93,7 @@ def test_nan_inf_filter(tmp_path, nan_filter):
 
 @pytest.mark.parametrize("mode", ["all", "non_padding", True])
 def test_golden_fact_19_num_input_tokens_seen(tmp_path, mode):
-    kwargs = dict(train_dataset=VariableLMDataset(12), eval_dataset=VariableLMDataset(4, seed=1), data_collator=pad_collate)
+    kwargs = dict(train_dataset=VariableLMDataset(8), eval_dataset=VariableLMDataset(2, seed=1), data_collator=pad_collate)
     hf, hl = run_both(tiny_llama, tmp_path, trainer_kwargs=kwargs, include_num_input_tokens_seen=mode, per_device_train_batch_size=2,
                       gradient_accumulation_steps=2, num_train_epochs=2, logging_strategy="epoch", eval_strategy="epoch",
                       learning_rate=1e-3)
