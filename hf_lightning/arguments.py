@@ -258,12 +258,16 @@ def process_log_level(args: TrainingArguments, *, global_rank: int, local_rank: 
     return hf_logging.get_verbosity() if level == -1 else level
 
 
-def precision_for(args: TrainingArguments) -> str:
-    """Lightning precision string for ``bf16``/``fp16``."""
+def precision_for(args: TrainingArguments, device_type: str = "cuda") -> str:
+    """Lightning precision string for ``bf16``/``fp16`` on a ``device_type`` accelerator.
+
+    accelerate has no fp16 autocast on CPU: transformers trains ``fp16=True`` on CPU in full fp32
+    (Lightning would switch to bf16 instead), so fp16 on CPU is ``32-true`` here too.
+    """
     if args.bf16:
         return "bf16-mixed"
     if args.fp16:
-        return "16-mixed"
+        return "32-true" if device_type == "cpu" else "16-mixed"
     return "32-true"
 
 

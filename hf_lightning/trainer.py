@@ -127,7 +127,6 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
         plugins = [HFCheckpointIO(), *plugins]
     kwargs: dict[str, Any] = {
         "default_root_dir": str(args.output_dir),
-        "precision": precision_for(args),
         "logger": loggers if loggers else False,
         "callbacks": [flow, checkpoint, *pl_callbacks],
         "plugins": plugins,
@@ -146,6 +145,7 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     if args.full_determinism:
         kwargs["deterministic"] = True
     kwargs.update(overrides)
+    kwargs.setdefault("precision", precision_for(args, _device_type(kwargs.get("accelerator", "auto"))))
     if kwargs["enable_progress_bar"] and not any(isinstance(cb, ProgressBar) for cb in pl_callbacks):
         kwargs["callbacks"].append(HFProgressBar())
     if "strategy" not in overrides and _wants_several_devices(kwargs):
@@ -153,6 +153,21 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     trainer = pl.Trainer(**kwargs)
     set_process_log_level(args, trainer)  # again in HFFlowCallback.setup, where spawned ranks are known
     return trainer
+
+
+def _device_type(accelerator: Any) -> str:
+    """"cpu" when the run will be on CPU (asked for, or "auto" with no GPU), else the accelerator's device type."""
+    if isinstance(accelerator, str):
+        if accelerator == "auto":
+            if torch.cuda.is_available():
+                return "cuda"
+            if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+                return "mps"
+            return "cpu"
+        return {"gpu": "cuda"}.get(accelerator, accelerator)
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    return "cpu" if isinstance(accelerator, CPUAccelerator) else "cuda"
 
 
 def _wants_several_devices(kwargs: dict[str, Any]) -> bool:

@@ -31,3 +31,41 @@ def test_torch_compile_is_honoured(tmp_path):
     assert_same_history(hf.state.log_history, hl.state.log_history)
     assert_same_weights(hf.model, hl.model)
     assert set(hl.model.state_dict()) == set(TinyReg().state_dict())  # no `_orig_mod.` prefixes
+
+
+def test_fp16_on_cpu_trains_in_fp32_like_transformers(tmp_path):
+    """accelerate has no fp16 autocast on CPU, so transformers' fp16=True trains in fp32 there; Lightning
+    would silently switch to bf16-mixed, which would not be the same run."""
+    kwargs = dict(train_dataset=VariableLMDataset(8), data_collator=pad_collate)
+    hf, hl = run_both(tiny_llama, tmp_path, trainer_kwargs=kwargs, fp16=True, per_device_train_batch_size=2, max_steps=2,
+                      logging_steps=1, learning_rate=1e-3, max_grad_norm=0.5)
+    assert hl.lightning_trainer.precision == "32-true"
+    assert_same_history(hf.state.log_history, hl.state.log_history)
+    assert_same_weights(hf.model, hl.model)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "adamw_torch"])
+def test_fp16_clipping_with_fused_adamw_on_gpu(tmp_path, optim):
+    """fp16 + fused AdamW + max_grad_norm: Lightning's own gradient_clip_val refuses this combination;
+    HFModule unscales first and clips itself, like accelerate does. fp16 autocast rounds differently
+    from run to run only through kernel choice, so the tolerance is fp16's."""
+    kwargs = dict(train_dataset=VariableLMDataset(12), data_collator=pad_collate)
+    hf, hl = _gpu_run(tmp_path, kwargs, optim)
+    assert hl.lightning_trainer.precision == "16-mixed"
+    assert_same_history(hf.state.log_history, hl.state.log_history, rel=1e-3)
+    assert_same_weights(hf.model, hl.model, atol=1e-3)
+
+
+def _gpu_run(tmp_path, kwargs, optim):
+    from helpers import build
+
+    trainers = []
+    for side in ("hf", "hl"):
+        extra = {} if side == "hf" else {"accelerator": "gpu", "devices": 1}
+        trainer = build(side, tiny_llama, tmp_path / side, trainer_kwargs={**kwargs, **extra}, fp16=True, use_cpu=False, optim=optim,
+                        per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3, logging_steps=1, learning_rate=1e-3,
+                        max_grad_norm=0.5)
+        trainer.train()
+        trainers.append(trainer)
+    return tuple(trainers)
