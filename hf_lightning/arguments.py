@@ -61,9 +61,9 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "max_grad_norm": (HONOURED, "clipping after unscaling, also with fused AdamW under fp16; the pre-clip norm is logged"),
     "label_smoothing_factor": (HONOURED, "transformers' `LabelSmoother`, with the causal-LM shift"),
     "bf16": (HONOURED, "Lightning precision `bf16-mixed`"),
-    "fp16": (HONOURED, "Lightning precision `16-mixed` (GradScaler, `scaler.pt` in checkpoints)"),
-    "bf16_full_eval": (HONOURED, "the model is cast to bf16 for evaluation outside training"),
-    "fp16_full_eval": (HONOURED, "the model is cast to fp16 for evaluation outside training"),
+    "fp16": (HONOURED, "Lightning precision `16-mixed` with a GradScaler on GPU; on CPU full fp32, as transformers does (accelerate has no CPU fp16 autocast)"),
+    "bf16_full_eval": (HONOURED, "`evaluate()`/`predict()` outside training cast the model to bf16 (it stays cast, as in transformers)"),
+    "fp16_full_eval": (HONOURED, "`evaluate()`/`predict()` outside training cast the model to fp16 (it stays cast, as in transformers)"),
     "tf32": (HONOURED, "sets `torch.backends.cuda.matmul.allow_tf32` and cudnn's flag"),
     "activation_checkpointing": (HONOURED, "`model.activation_checkpointing_enable()` (or gradient_checkpointing_enable)"),
     "activation_checkpointing_kwargs": (HONOURED, "passed to the model's checkpointing method"),
@@ -76,7 +76,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "liger_kernel_config": (UNSUPPORTED, "see `use_liger_kernel`"),
     "use_cache": (HONOURED, "written to `model.config.use_cache` like transformers does"),
     "neftune_noise_alpha": (HONOURED, "transformers' NEFTune hook is attached for training and removed after"),
-    "torch_empty_cache_steps": (HONOURED, "the accelerator cache is emptied every N optimizer steps"),
+    "torch_empty_cache_steps": (HONOURED, "accelerate's `clear_device_cache()` after each backward of every N-th optimizer step, as in `Trainer.training_step`"),
     "auto_find_batch_size": (UNSUPPORTED, "retrying on OOM is not implemented; use Lightning's BatchSizeFinder"),
     "logging_strategy": (HONOURED, "no / steps / epoch, in optimizer steps"),
     "logging_steps": (HONOURED, "int or ratio of max_steps"),
@@ -86,7 +86,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "include_num_input_tokens_seen": (HONOURED, "no / all / non_padding; counted on device, synced at logging steps"),
     "log_level": (HONOURED, "transformers' logging verbosity on the main process (`passive` keeps it)"),
     "log_level_replica": (HONOURED, "transformers' logging verbosity on the other processes"),
-    "disable_tqdm": (HONOURED, "Lightning's progress bar on/off; PrinterCallback semantics when off"),
+    "disable_tqdm": (HONOURED, "Lightning's tqdm bar (optimizer steps, with loss and lr) and ProgressCallback-style log lines; off: PrinterCallback prints the log dicts"),
     "report_to": (HONOURED, "tensorboard, csv, wandb, mlflow, comet_ml, neptune -> Lightning loggers; other integrations run as transformers callbacks"),
     "run_name": (HONOURED, "logger run name/version"),
     "project": (HONOURED, "logger project (wandb, comet, neptune, mlflow experiment)"),
@@ -130,7 +130,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "parallelism_config": (UNSUPPORTED, "tensor/context/sequence parallelism of accelerate; use a Lightning strategy"),
     "dataloader_drop_last": (HONOURED, "train and eval dataloaders"),
     "dataloader_num_workers": (HONOURED, "DataLoader workers, seeded like transformers"),
-    "dataloader_pin_memory": (HONOURED, "DataLoader pin_memory"),
+    "dataloader_pin_memory": (HONOURED, "DataLoader pin_memory (when CUDA is available)"),
     "dataloader_persistent_workers": (HONOURED, "DataLoader persistent_workers"),
     "dataloader_prefetch_factor": (HONOURED, "DataLoader prefetch_factor"),
     "dataloader_multiprocessing_context": (HONOURED, "DataLoader multiprocessing_context"),
@@ -149,7 +149,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "fsdp_config": (UNSUPPORTED, "see `fsdp`"),
     "deepspeed": (UNSUPPORTED, "pass Lightning's `strategy=\"deepspeed_stage_N\"` instead; HF DeepSpeed folders are not written"),
     "debug": (UNSUPPORTED, "underflow/overflow debugging of transformers is not wired in"),
-    "skip_memory_metrics": (HONOURED, "memory keys added to the train summary when False"),
+    "skip_memory_metrics": (HONOURED, "False: transformers' TrainerMemoryTracker adds `init_`/`train_mem_*` keys to the train summary and `eval_`/`test_mem_*` keys to `evaluate()`/`predict()` results"),
     "do_train": (NOT_APPLICABLE, "not read by transformers.Trainer either (for scripts)"),
     "do_eval": (NOT_APPLICABLE, "not read by transformers.Trainer either (for scripts)"),
     "do_predict": (NOT_APPLICABLE, "not read by transformers.Trainer either (for scripts)"),
@@ -347,5 +347,11 @@ def _markdown_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # pragma: no cover - prints the README table
-    print(_markdown_table())
+def _not_applicable_list() -> str:
+    return "\n".join(f"- `{name}`: {why}" for name, (status, why) in ARGUMENT_SUPPORT.items() if status == NOT_APPLICABLE)
+
+
+if __name__ == "__main__":  # prints the README table (docs/arguments.md); `--not-applicable` prints that list
+    import sys
+
+    print(_not_applicable_list() if "--not-applicable" in sys.argv[1:] else _markdown_table())

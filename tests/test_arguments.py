@@ -267,3 +267,13 @@ def test_torch_empty_cache_steps_runs(tmp_path):
     hf, hl = run_both(TinyReg, tmp_path, trainer_kwargs=dict(train_dataset=RegressionDataset(16)), torch_empty_cache_steps=1,
                       max_steps=2, logging_steps=1)
     assert_same_history(hf.state.log_history, hl.state.log_history)
+
+
+def test_docs_table_is_up_to_date():
+    from pathlib import Path
+
+    from hf_lightning.arguments import _markdown_table, _not_applicable_list
+
+    doc = (Path(__file__).parent.parent / "docs" / "arguments.md").read_text()
+    assert _markdown_table() in doc, "regenerate docs/arguments.md with `python -m hf_lightning.arguments`"
+    assert _not_applicable_list() in doc
