@@ -103,6 +103,8 @@ class HFModule(pl.LightningModule):
         self._num_params_for_flos: int | None = None
         self._neftune_handle: Any = None
         self._pending_checkpoint: dict[str, Any] | None = None
+        self.stepped = True
+        """Whether the last training batch ended with an optimizer step."""
 
     # ------------------------------------------------------------------------------ settings
 
@@ -262,6 +264,11 @@ class HFModule(pl.LightningModule):
             num_items = distributed.reduce_sum(strategy, num_items)
         scaled = loss_is_scaled_for_ga(settings, num_items)
         steps_since_log = self.trainer.global_step - self.last_logged_step
+        # transformers on unsized data: a group cut short by the end of the iterator is not a sync step; its
+        # gradients and loss carry over into the first optimizer step of the next pass.
+        plan = self.train_plan
+        carries_over = plan is not None and plan.micro_batches_per_epoch is None and len(group) < self.args.gradient_accumulation_steps
+        self.stepped = not carries_over
         last = len(group) - 1
         empty_every = self.args.torch_empty_cache_steps
         for i, micro in enumerate(group):
@@ -282,8 +289,10 @@ class HFModule(pl.LightningModule):
             else:
                 self._tr_loss = self._tr_loss + step_loss
             self._track_inputs(micro)
-            if i < last:
+            if i < last or carries_over:
                 self._events("on_substep_end")
+        if carries_over:
+            return
         optimizer = self.optimizers()
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale_before = scaler.get_scale() if scaler is not None else None

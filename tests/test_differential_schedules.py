@@ -8,6 +8,7 @@ Every run trains the same TinyReg from the same seed with both trainers and comp
 from __future__ import annotations
 
 import pytest
+import torch
 
 from helpers import assert_same_history, assert_same_weights, run_both
 from tiny import RegressionDataset, TinyReg
@@ -138,3 +139,20 @@ def test_train_summary_after_resume_counts_only_this_call(tmp_path):
     assert_same_weights(hf.model, hl.model)
     assert actual.training_loss == pytest.approx(expected.training_loss, rel=1e-5)
     assert actual.metrics.keys() == expected.metrics.keys()
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, n):
+        self.data = RegressionDataset(n)
+
+    def __iter__(self):
+        return (self.data[i] for i in range(len(self.data)))
+
+
+@pytest.mark.parametrize("samples", [80, 36])  # 36: the stream runs out before max_steps (several passes)
+def test_unsized_dataset_with_max_steps(tmp_path, samples):
+    kwargs = dict(train_dataset=_Stream(samples))
+    hf, hl = run_both(TinyReg, tmp_path, trainer_kwargs=kwargs, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=6,
+                      logging_steps=2, learning_rate=1e-2)
+    assert_same_history(hf.state.log_history, hl.state.log_history)
+    assert_same_weights(hf.model, hl.model)

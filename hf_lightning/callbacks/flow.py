@@ -298,6 +298,8 @@ class HFFlowCallback(Callback):
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not getattr(pl_module, "stepped", True):
+            return  # a short group at the end of unsized data: no optimizer step (see HFModule.training_step)
         self.state.global_step = trainer.global_step
         self._micro_done += len(batch) if isinstance(batch, list) else 1
         self._group_index += 1
