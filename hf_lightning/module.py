@@ -443,6 +443,12 @@ class HFModule(pl.LightningModule):
         accumulator.add(batch, loss, logits, labels, main_input=main_input, is_last=is_last)
 
     @override
+    def on_validation_model_zero_grad(self) -> None:
+        # Lightning clears gradients before a validation inside training; transformers does not. They are
+        # already None after every optimizer step; only a carried-over short group (unsized data) has some.
+        pass
+
+    @override
     def on_validation_start(self) -> None:
         self._cast_for_full_eval()
 

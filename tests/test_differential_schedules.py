@@ -156,3 +156,14 @@ def test_unsized_dataset_with_max_steps(tmp_path, samples):
                       logging_steps=2, learning_rate=1e-2)
     assert_same_history(hf.state.log_history, hl.state.log_history)
     assert_same_weights(hf.model, hl.model)
+
+
+@pytest.mark.parametrize("samples", [40, 36])
+def test_unsized_dataset_with_epoch_strategies(tmp_path, samples):
+    kwargs = dict(train_dataset=_Stream(samples), eval_dataset=RegressionDataset(8, seed=1))
+    hf, hl = run_both(TinyReg, tmp_path, trainer_kwargs=kwargs, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=12,
+                      logging_strategy="epoch", eval_strategy="epoch", save_strategy="epoch", learning_rate=1e-2)
+    assert_same_history(hf.state.log_history, hl.state.log_history)
+    assert_same_weights(hf.model, hl.model)
+    assert sorted(p.name for p in (tmp_path / "hl").iterdir() if p.name.startswith("checkpoint-")) == sorted(
+        p.name for p in (tmp_path / "hf").iterdir() if p.name.startswith("checkpoint-"))

@@ -299,7 +299,10 @@ class HFFlowCallback(Callback):
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not getattr(pl_module, "stepped", True):
-            return  # a short group at the end of unsized data: no optimizer step (see HFModule.training_step)
+            # a short group at the end of unsized data: no optimizer step (see HFModule.training_step), but the
+            # epoch still ends here, with its log/evaluate/save
+            self._maybe_end_epoch(trainer, pl_module)
+            return
         self.state.global_step = trainer.global_step
         self._micro_done += len(batch) if isinstance(batch, list) else 1
         self._group_index += 1
@@ -314,9 +317,11 @@ class HFFlowCallback(Callback):
         self._maybe_save(trainer, pl_module)
         self._maybe_end_epoch(trainer, pl_module)
 
-    def _epoch_ends(self) -> bool:
+    def _epoch_ends(self, trainer: pl.Trainer) -> bool:
         return (
             self._group_index >= self._updates_per_epoch
+            # unsized data: Lightning's prefetching fetcher knows the batch just run was the last one
+            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
             or self.state.global_step >= self.state.max_steps
             or self.control.should_training_stop
             or self.control.should_epoch_stop
@@ -324,7 +329,7 @@ class HFFlowCallback(Callback):
 
     def _maybe_end_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """transformers' ``on_epoch_end`` and its log/evaluate/save, when the step just done ended the epoch."""
-        if self._epoch_finished or not self._epoch_ends():
+        if self._epoch_finished or not self._epoch_ends(trainer):
             self._apply_stop(trainer)
             return
         self._epoch_finished = True
