@@ -8,9 +8,10 @@ transformers.Trainer's constructor and methods; it has no loop of its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -282,7 +283,9 @@ class Trainer:
     def _build(self) -> pl.Trainer:
         kwargs = dict(self._lightning_kwargs)
         user_callbacks = list(kwargs.pop("callbacks", None) or [])
-        trainer = build_trainer(self.args, callbacks=[*self.callbacks, *user_callbacks], hf_state=self._state, **kwargs)
+        kwargs.setdefault("enable_model_summary", False)  # transformers prints no model table
+        with _lightning_info_muted():
+            trainer = build_trainer(self.args, callbacks=[*self.callbacks, *user_callbacks], hf_state=self._state, **kwargs)
         self.flow: HFFlowCallback = _find(trainer, HFFlowCallback)
         self.flow.memory = self._memory
         self.flow.handler.on_init_end(self.args, self.flow.state, self.flow.control)
@@ -347,7 +350,8 @@ class Trainer:
             self._state = None
             self.lightning_trainer = self._build()
         self._trained = True
-        self.lightning_trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=resume_from_checkpoint)
+        with _lightning_info_muted():
+            self.lightning_trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=resume_from_checkpoint)
         output = self.flow.last_train_output
         if output is None:
             raise RuntimeError("Training ended without a summary (was it interrupted?).")
@@ -366,7 +370,8 @@ class Trainer:
         self.module.eval_prefix, self.module.eval_ignore_keys = metric_key_prefix, ignore_keys
         self._memory.begin("eval")
         try:
-            self.lightning_trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
+            with _lightning_info_muted():
+                self.lightning_trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
         finally:
             self.datamodule.eval_dataset = previous
             self.module.eval_prefix, self.module.eval_ignore_keys = "eval", None
@@ -381,7 +386,8 @@ class Trainer:
         self.module.test_prefix, self.module.eval_ignore_keys = metric_key_prefix, ignore_keys
         self._memory.begin("test")
         try:
-            self.lightning_trainer.test(self.module, datamodule=self.datamodule, verbose=False)
+            with _lightning_info_muted():
+                self.lightning_trainer.test(self.module, datamodule=self.datamodule, verbose=False)
         finally:
             self.module.eval_ignore_keys = None
         _, result = self.flow.last_predictions[0]
@@ -407,6 +413,22 @@ class Trainer:
         if self.lightning_trainer.is_global_zero:
             os.makedirs(self.args.output_dir, exist_ok=True)
             hf_format.write_trainer_state(self.flow.snapshot_state(), self.args.output_dir)
+
+
+@contextlib.contextmanager
+def _lightning_info_muted() -> Iterator[None]:
+    """Keep Lightning's INFO lines (hardware, tips, "fit stopped") off the console of the drop-in facade,
+    whose console shows what transformers.Trainer shows; Lightning's warnings still pass."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        if lg.getEffectiveLevel() < logging.WARNING:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _has_length(dataset: Any) -> bool | None:

@@ -124,3 +124,27 @@ def test_progress_bar_shows_loss_and_lr_also_after_an_eval(tmp_path):
     assert {"loss", "lr"} <= set(metrics)
     last_train = [e for e in trainer.state.log_history if "loss" in e][-1]
     assert metrics["loss"] == pytest.approx(last_train["loss"]) and metrics["lr"] == pytest.approx(last_train["learning_rate"])
+
+
+def test_facade_console_shows_only_what_transformers_shows(tmp_path, capfd):
+    """The drop-in facade prints the log dicts and nothing of Lightning's own INFO lines or model table."""
+    outputs = {}
+    for side in ("hf", "hl"):
+        kwargs = dict(trainer_kwargs=dict(DATA), disable_tqdm=True, **SCHEDULE)
+        trainer = build(side, TinyReg, tmp_path / side, **kwargs) if side == "hf" else _bare_facade(tmp_path / side, **kwargs)
+        capfd.readouterr()
+        trainer.train()
+        outputs[side] = capfd.readouterr().out
+    strip = lambda text: [line for line in text.splitlines() if line.strip() and not re.fullmatch(r"\{.*\}", line.strip())]  # noqa: E731
+    assert strip(outputs["hl"]) == strip(outputs["hf"]) == []
+    assert len(_printed_dicts(outputs["hl"])) == len(_printed_dicts(outputs["hf"]))
+
+
+def _bare_facade(output_dir, trainer_kwargs, **args):
+    import torch
+
+    import hf_lightning
+    from helpers import make_args
+
+    torch.manual_seed(0)
+    return hf_lightning.Trainer(model=TinyReg(), args=make_args(output_dir, **args), **trainer_kwargs)  # no Lightning kwargs at all
