@@ -277,3 +277,12 @@ def test_docs_table_is_up_to_date():
     doc = (Path(__file__).parent.parent / "docs" / "arguments.md").read_text()
     assert _markdown_table() in doc, "regenerate docs/arguments.md with `python -m hf_lightning.arguments`"
     assert _not_applicable_list() in doc
+
+
+def test_lightning_path_checks_datasets_before_training(tmp_path):
+    args = make_args(tmp_path, eval_strategy="steps", eval_steps=1, max_steps=2)
+    trainer = hf_lightning.build_trainer(args, **LIGHTNING_QUIET)
+    module = hf_lightning.HFModule(TinyReg(), args)
+    with pytest.raises(ValueError, match="eval_strategy='steps'.*eval_dataset"):
+        trainer.fit(module, datamodule=hf_lightning.HFDataModule(args, train_dataset=RegressionDataset(8)))
+    assert trainer.global_step == 0

@@ -212,6 +212,7 @@ class HFFlowCallback(Callback):
         if self._use_printer() and not any(isinstance(cb, PrinterCallback) for cb in self.handler.callbacks):
             self.handler.add_callback(PrinterCallback)
         if stage == "fit":
+            _validate_fit(self.args, trainer, pl_module)
             install_epoch_loop(trainer)
         from transformers.utils import logging as hf_logging
 
@@ -650,6 +651,31 @@ class HFFlowCallback(Callback):
             else:
                 self.state.stateful_callbacks[name] = callback.state()
         return self.state
+
+
+def _validate_fit(args: TrainingArguments, trainer: pl.Trainer, pl_module: Any) -> None:
+    """The Trainer-level checks of ``validate_arguments`` on the Lightning path (``trainer.fit(HFModule, HFDataModule)``),
+    where the datasets and the module's functions are only known at fit time."""
+    from ..arguments import validate_arguments
+    from ..data import HFDataModule
+
+    datamodule = trainer.datamodule
+    if not isinstance(datamodule, HFDataModule):
+        return  # plain dataloaders: Lightning owns them
+    train = datamodule.train_dataset
+    try:
+        sized = None if train is None else (len(train) >= 0)
+    except TypeError:
+        sized = False
+    validate_arguments(
+        args,
+        has_train_dataset=train is not None,
+        train_dataset_has_length=sized,
+        has_eval_dataset=datamodule.eval_dataset is not None,
+        compute_metrics=getattr(pl_module, "compute_metrics", None),
+        optimizers=(getattr(pl_module, "user_optimizer", None), getattr(pl_module, "user_scheduler", None)),
+        optimizer_cls_and_kwargs=getattr(pl_module, "optimizer_cls_and_kwargs", None),
+    )
 
 
 def _state_dict(state: TrainerState) -> dict[str, Any]:
