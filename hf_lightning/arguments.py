@@ -64,7 +64,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "fp16": (HONOURED, "Lightning precision `16-mixed` with a GradScaler on GPU; on CPU full fp32, as transformers does (accelerate has no CPU fp16 autocast)"),
     "bf16_full_eval": (HONOURED, "`evaluate()`/`predict()` outside training cast the model to bf16 (it stays cast, as in transformers)"),
     "fp16_full_eval": (HONOURED, "`evaluate()`/`predict()` outside training cast the model to fp16 (it stays cast, as in transformers)"),
-    "tf32": (HONOURED, "sets `torch.backends.cuda.matmul.allow_tf32` and cudnn's flag"),
+    "tf32": (HONOURED, "`TrainingArguments` itself sets (or refuses) the CUDA/cuDNN TF32 flags; `build_trainer` sets them again"),
     "activation_checkpointing": (HONOURED, "`model.activation_checkpointing_enable()` (or gradient_checkpointing_enable)"),
     "activation_checkpointing_kwargs": (HONOURED, "passed to the model's checkpointing method"),
     "gradient_checkpointing": (HONOURED, "deprecated alias of `activation_checkpointing`, resolved by transformers"),

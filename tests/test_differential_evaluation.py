@@ -204,8 +204,9 @@ def _batch_metrics(calls):
         dict(prediction_loss_only=True),
         dict(batch_eval_metrics=True, include_for_metrics=["loss"]),
         dict(eval_do_concat_batches=False),
+        dict(eval_use_gather_object=True, include_for_metrics=["inputs"]),
     ],
-    ids=["accumulation", "include_for_metrics", "loss_only", "batch_eval_metrics", "no_concat"],
+    ids=["accumulation", "include_for_metrics", "loss_only", "batch_eval_metrics", "no_concat", "gather_object"],
 )
 def test_eval_loop_options(tmp_path, options):
     from helpers import build
