@@ -104,6 +104,7 @@ class HFModule(pl.LightningModule):
         self._neftune_handle: Any = None
         self._pending_checkpoint: dict[str, Any] | None = None
         self.stepped = True
+        self._created_optimizer: torch.optim.Optimizer | None = None
         """Whether the last training batch ended with an optimizer step."""
 
     # ------------------------------------------------------------------------------ settings
@@ -206,8 +207,10 @@ class HFModule(pl.LightningModule):
         _check_trainable(self.model, self.compute_loss_func)
         self.train_plan = self.compute_train_plan()
         optimizer = self.user_optimizer
+        if optimizer is None and self._created_optimizer is not None and _owns_parameters(self.model, self._created_optimizer):
+            optimizer = self._created_optimizer  # transformers keeps its optimizer (and its state) for a second train()
         if optimizer is None:
-            optimizer = create_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
+            optimizer = self._created_optimizer = create_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
         scheduler = self.user_scheduler
         if scheduler is None:
             scheduler = create_scheduler(optimizer, self.args, self.train_plan.max_steps)
@@ -542,6 +545,12 @@ class HFModule(pl.LightningModule):
             return
         checkpoint["optimizer_states"] = [optimizer.state_dict()]
         checkpoint["lr_schedulers"] = [scheduler.state_dict()] if scheduler is not None else []
+
+
+def _owns_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """The optimizer still points at the model's parameters (not replaced by a sharding strategy)."""
+    params = {id(p) for p in model.parameters()}
+    return all(id(p) in params for group in optimizer.param_groups for p in group["params"])
 
 
 def _clear_device_cache() -> None:

@@ -167,3 +167,26 @@ def test_unsized_dataset_with_epoch_strategies(tmp_path, samples):
     assert_same_weights(hf.model, hl.model)
     assert sorted(p.name for p in (tmp_path / "hl").iterdir() if p.name.startswith("checkpoint-")) == sorted(
         p.name for p in (tmp_path / "hf").iterdir() if p.name.startswith("checkpoint-"))
+
+
+@pytest.mark.parametrize("limits", [dict(max_steps=3), dict(num_train_epochs=1.5)], ids=["max_steps", "fractional_epochs"])
+def test_epoch_strategies_on_a_partial_last_epoch(tmp_path, limits):
+    """Training stops mid-epoch: transformers still runs on_epoch_end, so epoch logging/eval/save happen there."""
+    _, hl = _compare(tmp_path, evaluation=8, logging_strategy="epoch", eval_strategy="epoch", save_strategy="epoch", **limits)
+    assert hl.state.log_history[-2]["step"] == hl.state.max_steps and "eval_loss" in hl.state.log_history[-2]
+
+
+def test_train_twice(tmp_path):
+    """A second ``train()`` starts a fresh state from the current weights (transformers keeps its optimizer)."""
+    from helpers import act_both
+
+    def twice(trainer):
+        first = trainer.train()
+        second = trainer.train()
+        return first.training_loss, second.training_loss
+
+    hf, hl, expected, actual = act_both(TinyReg, tmp_path, twice, trainer_kwargs=dict(train_dataset=RegressionDataset(32)),
+                                        per_device_train_batch_size=8, max_steps=4, logging_steps=1, learning_rate=1e-2)
+    assert actual == pytest.approx(expected, rel=1e-5)
+    assert_same_history(hf.state.log_history, hl.state.log_history)
+    assert_same_weights(hf.model, hl.model)
