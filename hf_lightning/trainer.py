@@ -325,9 +325,20 @@ class Trainer:
     def callback_handler(self) -> Any:
         return self.flow.handler
 
+    # transformers' helpers for scripts (run_glue & co): `***** train metrics *****`, `{split}_results.json`, ...
+    from transformers.trainer_pt_utils import get_num_trainable_parameters, log_metrics, metrics_format, save_metrics
+
     def add_callback(self, callback: Any) -> None:
         """Add a transformers TrainerCallback (instance or class) after the existing ones."""
         self.flow.add_callback(callback)
+
+    def pop_callback(self, callback: Any) -> Any:
+        """Remove a TrainerCallback (instance or class) and return it, like ``transformers.Trainer.pop_callback``."""
+        return self.flow.handler.pop_callback(callback)
+
+    def remove_callback(self, callback: Any) -> None:
+        """Remove a TrainerCallback (instance or class), like ``transformers.Trainer.remove_callback``."""
+        self.flow.handler.remove_callback(callback)
 
     def is_world_process_zero(self) -> bool:
         return self.lightning_trainer.is_global_zero

@@ -148,3 +148,20 @@ def _bare_facade(output_dir, trainer_kwargs, **args):
 
     torch.manual_seed(0)
     return hf_lightning.Trainer(model=TinyReg(), args=make_args(output_dir, **args), **trainer_kwargs)  # no Lightning kwargs at all
+
+
+def test_script_helpers_log_and_save_metrics_like_transformers(tmp_path, capsys):
+    """``log_metrics``/``save_metrics``/``save_state``, as the transformers example scripts call them."""
+    printed, files = {}, {}
+    for side in ("hf", "hl"):
+        trainer = build(side, TinyReg, tmp_path / side, trainer_kwargs=dict(train_dataset=RegressionDataset(16)), max_steps=2)
+        metrics = {"train_loss": 1.2345678, "train_runtime": 0.5, "epoch": 1.0, "train_samples_per_second": 32.0}
+        capsys.readouterr()
+        trainer.log_metrics("train", metrics)
+        printed[side] = capsys.readouterr().out
+        trainer.save_metrics("train", metrics)
+        files[side] = sorted(p.name for p in (tmp_path / side).iterdir() if p.suffix == ".json")
+        assert trainer.get_num_trainable_parameters() == sum(p.numel() for p in trainer.model.parameters())
+    assert printed["hl"] == printed["hf"] and "***** train metrics *****" in printed["hl"]
+    assert files["hl"] == files["hf"] == ["all_results.json", "train_results.json"]
+    assert (tmp_path / "hl" / "train_results.json").read_text() == (tmp_path / "hf" / "train_results.json").read_text()
