@@ -100,7 +100,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "prediction_loss_only": (HONOURED, "predictions are not gathered"),
     "eval_on_start": (HONOURED, "an eval at step 0 before the first epoch"),
     "eval_do_concat_batches": (HONOURED, "transformers' EvalLoopContainer"),
-    "eval_use_gather_object": (HONOURED, "eval outputs gathered with accelerate's `gather_object` (non-tensor outputs)"),
+    "eval_use_gather_object": (HONOURED, "one process: nothing to gather, the same as transformers; several processes: refused when evaluation starts (outputs are gathered as tensors)"),
     "eval_accumulation_steps": (HONOURED, "predictions moved to CPU every N eval steps"),
     "include_for_metrics": (HONOURED, "`inputs` and `loss` passed to `compute_metrics`"),
     "batch_eval_metrics": (HONOURED, "`compute_metrics(..., compute_result=)` per batch"),

@@ -156,9 +156,8 @@ class EvalGather:
     even-batches sharding duplicated at the end of the dataset are dropped from the last batch.
     """
 
-    def __init__(self, strategy: Any, *, num_samples: int | None, batch_size: int, use_gather_object: bool = False) -> None:
+    def __init__(self, strategy: Any, *, num_samples: int | None, batch_size: int) -> None:
         self.strategy = strategy
-        self.use_gather_object = use_gather_object  # args.eval_use_gather_object: gather_object instead of gather
         self.active = is_distributed(strategy)
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -181,14 +180,12 @@ class EvalGather:
     def gather(self, data: Any) -> Any:
         if not self.active:
             return data
-        from accelerate.utils import gather, gather_object, recursively_apply
+        from accelerate.utils import gather, recursively_apply
 
-        gathered = gather_object(data) if self.use_gather_object else gather(data)
+        gathered = gather(data)
         remaining = self._remaining
         if remaining is None or remaining >= self.batch_size * world_size(self.strategy):
             return gathered
-        if self.use_gather_object:
-            return gathered[: max(remaining, 0)]
         return recursively_apply(lambda t: t[: max(remaining, 0)], gathered)
 
     @staticmethod

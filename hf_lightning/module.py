@@ -405,11 +405,13 @@ class HFModule(pl.LightningModule):
         else:
             loss_only = args.prediction_loss_only
             keep = True
+        if args.eval_use_gather_object and self.trainer.world_size > 1:
+            raise ValueError(
+                "`eval_use_gather_object=True` with several processes is not supported yet: evaluation outputs are "
+                "gathered as tensors. Return tensors from the model, or evaluate on one process."
+            )
         gather = distributed.EvalGather(
-            self.trainer.strategy,
-            num_samples=self._dataset_len(stage, index),
-            batch_size=args.per_device_eval_batch_size,
-            use_gather_object=args.eval_use_gather_object,
+            self.trainer.strategy, num_samples=self._dataset_len(stage, index), batch_size=args.per_device_eval_batch_size
         )
         accumulator = EvalAccumulator(
             prefix=prefix,
