@@ -146,3 +146,20 @@ def test_dataloader_options_are_passed(tmp_path):
     assert (loader.num_workers, loader.prefetch_factor, loader.persistent_workers) == (1, 3, True)
     eval_loader = trainer.datamodule.val_dataloader()
     assert (eval_loader.num_workers, eval_loader.prefetch_factor) == (1, 3)
+
+
+def test_peft_model_columns_and_labels_from_the_base_model(tmp_path, tokenizer):
+    """A PEFT model's forward is ``(*args, **kwargs)``: columns and label names come from the base model."""
+    peft = pytest.importorskip("peft")
+
+    def lora_bert():
+        config = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+        return peft.get_peft_model(tiny_bert_classifier(), config)
+
+    kwargs = dict(train_dataset=_text_dataset(tokenizer, 12, 0), eval_dataset=_text_dataset(tokenizer, 6, 1), processing_class=tokenizer,
+                  compute_metrics=accuracy)
+    hf, hl = run_both(lora_bert, tmp_path, trainer_kwargs=kwargs, per_device_train_batch_size=4, max_steps=3, logging_steps=1,
+                      eval_strategy="steps", eval_steps=3, learning_rate=1e-3)
+    assert_same_history(hf.state.log_history, hl.state.log_history)
+    assert_same_weights(hf.model, hl.model)
+    assert hl.module.label_names == hf.label_names == ["labels"]
