@@ -178,8 +178,12 @@ class HFDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------------------- model info
 
+    def _lightning_trainer(self) -> pl.Trainer | None:
+        # LightningDataModule keeps its trainer in `self.trainer` (None until the Trainer attaches it).
+        return getattr(self, "trainer", None)
+
     def _model_and_labels(self) -> tuple[torch.nn.Module | None, list[str]]:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self._lightning_trainer()
         module = trainer.lightning_module if trainer is not None else None
         if module is None:
             return None, list(self.args.label_names or [])
@@ -249,11 +253,11 @@ class HFDataModule(pl.LightningDataModule):
         return kwargs
 
     def _world(self) -> int:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self._lightning_trainer()
         return trainer.world_size if trainer is not None else 1
 
     def _rank(self) -> int:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self._lightning_trainer()
         return trainer.global_rank if trainer is not None else 0
 
     def _train_sampler(self, dataset: Any) -> Sampler[int]:
