@@ -142,8 +142,10 @@ class EvalAccumulator:
             self._observed += observed
         batch_size = observed if observed is not None else self.eval_batch_size
         keep = self.keep_predictions
+        losses = None
         if loss is not None:
-            self._losses.add(self.gather(loss.repeat(batch_size)))
+            losses = self.gather(loss.repeat(batch_size))
+            self._losses.add(losses)
         inputs_decode = None
         if "inputs" in self.include_for_metrics and main_input is not None:
             inputs_decode = self.gather(self.pad(main_input))
@@ -165,7 +167,7 @@ class EvalAccumulator:
         if self.batch_eval_metrics:
             if self.compute_metrics is not None and logits is not None and labels is not None:
                 kwargs = {
-                    "losses": loss if "loss" in self.include_for_metrics else None,
+                    "losses": losses if "loss" in self.include_for_metrics else None,
                     "inputs": inputs if "inputs" in self.include_for_metrics else None,
                 }
                 self._metrics = self.compute_metrics(

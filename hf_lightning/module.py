@@ -76,7 +76,6 @@ class HFModule(pl.LightningModule):
             raise TypeError(f"`model` must be a torch.nn.Module (a transformers PreTrainedModel), got {type(model).__name__}.")
         if not isinstance(args, TrainingArguments):
             raise TypeError(f"`args` must be a transformers.TrainingArguments, got {type(args).__name__}.")
-        _check_not_base_model(model)
         self.automatic_optimization = False
         self.model = model
         self.args = args
@@ -105,6 +104,9 @@ class HFModule(pl.LightningModule):
         self._num_params_for_flos: int | None = None
         self._neftune_handle: Any = None
         self._pending_checkpoint: dict[str, Any] | None = None
+        self.stepped = True
+        self._created_optimizer: torch.optim.Optimizer | None = None
+        """Whether the last training batch ended with an optimizer step."""
 
     # ------------------------------------------------------------------------------ settings
 
@@ -136,13 +138,18 @@ class HFModule(pl.LightningModule):
         if stage != "fit":
             return
         args = self.args
-        if args.activation_checkpointing or getattr(args, "gradient_checkpointing", False):
-            kwargs = dict(args.activation_checkpointing_kwargs or args.gradient_checkpointing_kwargs or {})
-            enable = getattr(self.model, "activation_checkpointing_enable", None) or getattr(self.model, "gradient_checkpointing_enable")
-            try:
-                enable(activation_checkpointing_kwargs=kwargs or None)
-            except TypeError:
-                enable(gradient_checkpointing_kwargs=kwargs or None)
+        if args.activation_checkpointing:
+            # Trainer.train: `every_n_layers` and `offload` are options of the method, the rest goes to checkpoint().
+            kwargs = dict(args.activation_checkpointing_kwargs or {})
+            every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs=kwargs or None, every_n_layers=every_n_layers, offload=offload
+                )
+            else:  # models that only define the deprecated name (transformers keeps this fallback until v6)
+                self.model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs=kwargs or None, every_n_layers=every_n_layers, offload=offload
+                )
         if self.processing_class is not None and hasattr(self.model, "config"):
             _align_special_tokens(self.model, self.processing_class)
         if args.neftune_noise_alpha is not None and self._neftune_handle is None:
@@ -200,10 +207,13 @@ class HFModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
+        _check_trainable(self.model, self.compute_loss_func)
         self.train_plan = self.compute_train_plan()
         optimizer = self.user_optimizer
+        if optimizer is None and self._created_optimizer is not None and _owns_parameters(self.model, self._created_optimizer):
+            optimizer = self._created_optimizer  # transformers keeps its optimizer (and its state) for a second train()
         if optimizer is None:
-            optimizer = create_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
+            optimizer = self._created_optimizer = create_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
         scheduler = self.user_scheduler
         if scheduler is None:
             scheduler = create_scheduler(optimizer, self.args, self.train_plan.max_steps)
@@ -260,13 +270,21 @@ class HFModule(pl.LightningModule):
             num_items = distributed.reduce_sum(strategy, num_items)
         scaled = loss_is_scaled_for_ga(settings, num_items)
         steps_since_log = self.trainer.global_step - self.last_logged_step
+        # transformers on unsized data: a group cut short by the end of the iterator is not a sync step; its
+        # gradients and loss carry over into the first optimizer step of the next pass.
+        plan = self.train_plan
+        carries_over = plan is not None and plan.micro_batches_per_epoch is None and len(group) < self.args.gradient_accumulation_steps
+        self.stepped = not carries_over
         last = len(group) - 1
+        empty_every = self.args.torch_empty_cache_steps
         for i, micro in enumerate(group):
             with distributed.gradient_sync(strategy, self, enabled=i == last):
                 loss = compute_loss(self.model, micro, settings, num_items_in_batch=num_items)
                 if not scaled:
                     loss = loss / len(group)
                 self.manual_backward(loss)
+            if empty_every is not None and self.trainer.global_step % empty_every == 0:
+                _clear_device_cache()  # Trainer.training_step, after each backward
             step_loss = loss.detach()
             if self._tr_loss is None:
                 self._tr_loss = torch.zeros((), device=step_loss.device, dtype=torch.float32)
@@ -277,8 +295,10 @@ class HFModule(pl.LightningModule):
             else:
                 self._tr_loss = self._tr_loss + step_loss
             self._track_inputs(micro)
-            if i < last:
+            if i < last or carries_over:
                 self._events("on_substep_end")
+        if carries_over:
+            return
         optimizer = self.optimizers()
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale_before = scaler.get_scale() if scaler is not None else None
@@ -292,9 +312,6 @@ class HFModule(pl.LightningModule):
         if scheduler is not None and not plateau and not skipped:
             scheduler.step()
         optimizer.zero_grad()
-        empty_every = self.args.torch_empty_cache_steps
-        if empty_every and (self.trainer.global_step % empty_every == 0) and torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -313,7 +330,9 @@ class HFModule(pl.LightningModule):
         else:
             value = self._tr_loss
         value = distributed.reduce_mean(self.trainer.strategy, value.float())
-        self._tr_loss = torch.zeros_like(value) if self._tr_loss is not None else None
+        if self._tr_loss is not None:
+            # transformers resets with `tr_loss -= tr_loss`: a NaN (filter off) stays NaN for the rest of the run.
+            self._tr_loss = self._tr_loss - self._tr_loss
         self.last_logged_step = self.trainer.global_step
         return float(value.item())
 
@@ -389,6 +408,11 @@ class HFModule(pl.LightningModule):
         else:
             loss_only = args.prediction_loss_only
             keep = True
+        if args.eval_use_gather_object and self.trainer.world_size > 1:
+            raise ValueError(
+                "`eval_use_gather_object=True` with several processes is not supported yet: evaluation outputs are "
+                "gathered as tensors. Return tensors from the model, or evaluate on one process."
+            )
         gather = distributed.EvalGather(
             self.trainer.strategy,
             num_samples=self._dataset_len(stage, index),
@@ -429,6 +453,29 @@ class HFModule(pl.LightningModule):
         is_last = batch_idx + 1 >= self._num_batches(stage, dataloader_idx)
         gather.begin_batch(is_last)
         accumulator.add(batch, loss, logits, labels, main_input=main_input, is_last=is_last)
+
+    @override
+    def on_validation_model_zero_grad(self) -> None:
+        # Lightning clears gradients before a validation inside training; transformers does not. They are
+        # already None after every optimizer step; only a carried-over short group (unsized data) has some.
+        pass
+
+    @override
+    def on_validation_start(self) -> None:
+        self._cast_for_full_eval()
+
+    @override
+    def on_test_start(self) -> None:
+        self._cast_for_full_eval()
+
+    def _cast_for_full_eval(self) -> None:
+        # Trainer.evaluation_loop outside train(): fp16/bf16_full_eval cast the model itself (it stays cast).
+        if self.trainer.state.fn == "fit":
+            return
+        dtype = torch.float16 if self.args.fp16_full_eval else torch.bfloat16 if self.args.bf16_full_eval else None
+        if dtype is not None:
+            with torch.inference_mode(False):  # cast parameters must stay trainable if train() follows
+                self.model.to(dtype=dtype)
 
     @override
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -525,6 +572,20 @@ class HFModule(pl.LightningModule):
         checkpoint["lr_schedulers"] = [scheduler.state_dict()] if scheduler is not None else []
 
 
+def _owns_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """The optimizer still points at the model's parameters (not replaced by a sharding strategy)."""
+    params = {id(p) for p in model.parameters()}
+    return all(id(p) in params for group in optimizer.param_groups for p in group["params"])
+
+
+def _clear_device_cache() -> None:
+    from accelerate.utils.memory import clear_device_cache
+
+    clear_device_cache()
+    if torch.backends.mps.is_available() and hasattr(torch.mps, "clear_graph_cache"):
+        torch.mps.clear_graph_cache()
+
+
 def _yields_groups(loader: Any) -> bool:
     from .data import GroupCollator
 
@@ -544,20 +605,21 @@ def _tied_keys(model: nn.Module, prefix: str = "") -> dict[str, str]:
     return tied
 
 
-def _align_special_tokens(model: nn.Module, processing_class: Any) -> None:
-    # transformers' train() aligns the model/generation config's pad/bos/eos ids with the tokenizer's.
-    from transformers import PreTrainedTokenizerBase, ProcessorMixin
-    from transformers.trainer_utils import align_special_tokens
+def _check_trainable(model: nn.Module, compute_loss_func: Callable | None) -> None:
+    """A headless base model (``BertModel``) returns no loss: refuse to train it before the first step.
 
-    if isinstance(processing_class, (PreTrainedTokenizerBase, ProcessorMixin)):
-        align_special_tokens(model, processing_class)
-
-
-def _check_not_base_model(model: nn.Module) -> None:
+    Checked when training starts, not at construction, so such a model can still ``predict()``/``evaluate()``
+    and can train with a ``compute_loss_func`` (transformers' own class-name check never matches, so it
+    would fail at the first step instead).
+    """
+        if self.processing_class is not None and hasattr(self.model, "config"):
+            _align_special_tokens(self.model, self.processing_class)
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
-    if model.__class__.__name__ in MODEL_MAPPING_NAMES.values():
+    inspected = unwrap_peft_model(model)
+    if compute_loss_func is None and inspected.__class__.__name__ in MODEL_MAPPING_NAMES.values():
         raise ValueError(
-            f"The model you have picked ({model.__class__.__name__}) only computes hidden states and does not accept "
-            "labels, so it can't be trained as is. Choose a model with a head, such as an `AutoModelForXxx` class."
+            f"The model you have picked ({inspected.__class__.__name__}) only computes hidden states and does not "
+            "accept labels, so it can't be trained as is. Choose a model with a head, such as an `AutoModelForXxx` "
+            "class, or pass a `compute_loss_func`."
         )
