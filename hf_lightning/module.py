@@ -605,6 +605,15 @@ def _tied_keys(model: nn.Module, prefix: str = "") -> dict[str, str]:
     return tied
 
 
+def _align_special_tokens(model: nn.Module, processing_class: Any) -> None:
+    # transformers' train() aligns the model/generation config's pad/bos/eos ids with the tokenizer's.
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+    from transformers.trainer_utils import align_special_tokens
+
+    if isinstance(processing_class, (PreTrainedTokenizerBase, ProcessorMixin)):
+        align_special_tokens(model, processing_class)
+
+
 def _check_trainable(model: nn.Module, compute_loss_func: Callable | None) -> None:
     """A headless base model (``BertModel``) returns no loss: refuse to train it before the first step.
 
@@ -612,8 +621,6 @@ def _check_trainable(model: nn.Module, compute_loss_func: Callable | None) -> No
     and can train with a ``compute_loss_func`` (transformers' own class-name check never matches, so it
     would fail at the first step instead).
     """
-        if self.processing_class is not None and hasattr(self.model, "config"):
-            _align_special_tokens(self.model, self.processing_class)
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
     inspected = unwrap_peft_model(model)
