@@ -78,13 +78,18 @@ def test_ranked_launcher_gives_children_their_global_rank(monkeypatch: pytest.Mo
 
     started = []
     monkeypatch.setattr(subprocess, "Popen", lambda command, env, **kw: started.append(env) or SimpleNamespace())
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+    # The launcher writes the parent's environment: give it a copy, so nothing leaks into later tests
+    # (a leaked WORLD_SIZE would make every later TrainingArguments wait for a process group).
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    before = dict(os.environ)
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in keys})
     environment = SimpleNamespace(main_address="127.0.0.1", main_port=12345, node_rank=lambda: 1, local_rank=lambda: 0)
     launcher = distributed._RankedScriptLauncher(environment, num_processes=3, num_nodes=2)
     launcher._call_children_scripts()
     assert [(e["RANK"], e["LOCAL_RANK"], e["WORLD_SIZE"], e["LOCAL_WORLD_SIZE"]) for e in started] == [("4", "1", "6", "3"), ("5", "2", "6", "3")]
     assert os.environ["RANK"] == "3" and os.environ["LOCAL_RANK"] == "0"
+    monkeypatch.undo()
+    assert dict(os.environ) == before
 
 
 @pytest.mark.parametrize(
