@@ -46,8 +46,13 @@ def prediction_step(
     *,
     prediction_loss_only: bool,
     ignore_keys: Sequence[str],
+    reduce_count: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, Any, Any]:
-    """``Trainer.prediction_step``: ``(loss, logits, labels)`` of one batch, each possibly None."""
+    """``Trainer.prediction_step``: ``(loss, logits, labels)`` of one batch, each possibly None.
+
+    ``reduce_count`` sums the batch's label count over ranks (``average_tokens_across_devices``),
+    a collective, as ``_get_num_items_in_batch`` does in evaluation too.
+    """
     has_labels = len(settings.label_names) > 0 and all(inputs.get(k) is not None for k in settings.label_names)
     return_loss = inputs.get("return_loss")
     if return_loss is None:
@@ -62,6 +67,8 @@ def prediction_step(
     with torch.no_grad():
         if has_labels or loss_without_labels:
             num_items = count_items([inputs], settings.loss)
+            if num_items is not None and reduce_count is not None:
+                num_items = reduce_count(num_items)
             loss, outputs = compute_loss(model, inputs, settings.loss, num_items_in_batch=num_items, return_outputs=True)
             loss = loss.detach().mean()
             if isinstance(outputs, Mapping):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -149,6 +150,8 @@ class HFModule(pl.LightningModule):
                 self.model.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs=kwargs or None, every_n_layers=every_n_layers, offload=offload
                 )
+        if self.processing_class is not None and hasattr(self.model, "config"):
+            _align_special_tokens(self.model, self.processing_class)
         if args.neftune_noise_alpha is not None and self._neftune_handle is None:
             from transformers.integrations.neftune import activate_neftune
 
@@ -411,7 +414,10 @@ class HFModule(pl.LightningModule):
                 "gathered as tensors. Return tensors from the model, or evaluate on one process."
             )
         gather = distributed.EvalGather(
-            self.trainer.strategy, num_samples=self._dataset_len(stage, index), batch_size=args.per_device_eval_batch_size
+            self.trainer.strategy,
+            num_samples=self._dataset_len(stage, index),
+            batch_size=args.per_device_eval_batch_size,
+            drop_last=args.dataloader_drop_last,
         )
         accumulator = EvalAccumulator(
             prefix=prefix,
@@ -437,14 +443,15 @@ class HFModule(pl.LightningModule):
         prefix, accumulator, gather = self._eval_run(stage, dataloader_idx)
         settings = PredictionSettings(label_names=self.label_names, can_return_loss=self.can_return_loss, loss=self.loss_settings)
         ignore = self.eval_ignore_keys if self.eval_ignore_keys is not None else default_ignore_keys(self.model)
+        reduce_count = partial(distributed.reduce_sum, self.trainer.strategy) if settings.loss.average_tokens_across_devices else None
         loss, logits, labels = prediction_step(
-            self.model, batch, settings, prediction_loss_only=accumulator.prediction_loss_only, ignore_keys=ignore  # type: ignore[attr-defined]
+            self.model, batch, settings, prediction_loss_only=accumulator.prediction_loss_only, ignore_keys=ignore, reduce_count=reduce_count  # type: ignore[attr-defined]
         )
         if self.metrics is not None and logits is not None and labels is not None:
             self.update_torchmetrics(dataloader_idx, logits, labels)
         main_input = batch.get(self.main_input_name) if isinstance(batch, Mapping) else None
-        gather.begin_batch()
         is_last = batch_idx + 1 >= self._num_batches(stage, dataloader_idx)
+        gather.begin_batch(is_last)
         accumulator.add(batch, loss, logits, labels, main_input=main_input, is_last=is_last)
 
     @override
@@ -596,6 +603,15 @@ def _tied_keys(model: nn.Module, prefix: str = "") -> dict[str, str]:
         else:
             first[key] = name
     return tied
+
+
+def _align_special_tokens(model: nn.Module, processing_class: Any) -> None:
+    # transformers' train() aligns the model/generation config's pad/bos/eos ids with the tokenizer's.
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+    from transformers.trainer_utils import align_special_tokens
+
+    if isinstance(processing_class, (PreTrainedTokenizerBase, ProcessorMixin)):
+        align_special_tokens(model, processing_class)
 
 
 def _check_trainable(model: nn.Module, compute_loss_func: Callable | None) -> None:

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PredictionOutput, TrainOutput, enable_full_determinism, set_seed
 
-from . import hf_format
+from . import distributed, hf_format
 from .arguments import LIGHTNING_LOGGERS, precision_for, process_log_level, resolve_report_to, trainer_limits, validate_arguments
 from .callbacks.checkpoint import HFCheckpoint, export_model, install_checkpoint_connector
 from .callbacks.flow import HFFlowCallback
@@ -79,23 +79,6 @@ def _seed(args: TrainingArguments) -> None:
         set_seed(args.seed)
 
 
-def _ddp_strategy(args: TrainingArguments) -> Any:
-    from datetime import timedelta
-
-    from lightning.pytorch.strategies import DDPStrategy
-
-    kwargs: dict[str, Any] = {}
-    if args.ddp_find_unused_parameters is not None:
-        kwargs["find_unused_parameters"] = args.ddp_find_unused_parameters
-    if args.ddp_bucket_cap_mb is not None:
-        kwargs["bucket_cap_mb"] = args.ddp_bucket_cap_mb
-    if args.ddp_broadcast_buffers is not None:
-        kwargs["broadcast_buffers"] = args.ddp_broadcast_buffers
-    if args.ddp_static_graph is not None:
-        kwargs["static_graph"] = args.ddp_static_graph
-    return DDPStrategy(process_group_backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout), **kwargs)
-
-
 def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     """A ``lightning.Trainer`` configured from transformers ``TrainingArguments``.
 
@@ -150,9 +133,11 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     kwargs.setdefault("precision", precision_for(args, _device_type(kwargs.get("accelerator", "auto"))))
     if kwargs["enable_progress_bar"] and not any(isinstance(cb, ProgressBar) for cb in pl_callbacks):
         kwargs["callbacks"].append(HFProgressBar())
-    if "strategy" not in overrides and _wants_several_devices(kwargs):
-        kwargs["strategy"] = _ddp_strategy(args)
+    strategy = distributed.resolve_strategy(args, kwargs)
+    if strategy is not None:
+        kwargs["strategy"] = strategy
     trainer = pl.Trainer(**kwargs)
+    distributed.prepare_launcher(trainer)
     install_checkpoint_connector(trainer)
     set_process_log_level(args, trainer)  # again in HFFlowCallback.setup, where spawned ranks are known
     return trainer
@@ -171,17 +156,6 @@ def _device_type(accelerator: Any) -> str:
     from lightning.pytorch.accelerators import CPUAccelerator
 
     return "cpu" if isinstance(accelerator, CPUAccelerator) else "cuda"
-
-
-def _wants_several_devices(kwargs: dict[str, Any]) -> bool:
-    devices = kwargs.get("devices", "auto")
-    if isinstance(devices, int):
-        return devices > 1 or devices == -1
-    if isinstance(devices, (list, tuple)):
-        return len(devices) > 1
-    if devices in ("-1",):
-        return True
-    return False
 
 
 def _is_trainer_callback(callback: Any) -> bool:

@@ -29,7 +29,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from transformers import TrainerState, TrainingArguments
 from typing_extensions import override
 
-from .. import hf_format
+from .. import distributed, hf_format
 from ..checkpoint_io import EXTRAS_KEY
 from ..state import strategy_name
 
@@ -112,6 +112,7 @@ class HFCheckpoint(Checkpoint):
         if self.flow is None or "source_dir" not in extras:
             return
         state: TrainerState | None = extras.get("trainer_state")
+        distributed.warn_on_world_size_change(extras["source_dir"], trainer.world_size)
         if state is not None:
             self.flow.resume = {"state": state, "dir": extras["source_dir"]}
             self._resume_rng = dict(extras.get("rng_states") or {})
@@ -223,6 +224,9 @@ class HFCheckpoint(Checkpoint):
 
 def load_weights_into(trainer: pl.Trainer | None, pl_module: Any, checkpoint_dir: str) -> None:
     """Load a checkpoint's weights (or PEFT adapter) into the module's model, like ``_load_best_model``."""
+    if trainer is not None and distributed.is_sharded(trainer.strategy):
+        distributed.load_full_weights(trainer.strategy, checkpoint_dir)  # collective, into the shards
+        return
     hf_format.load_weights_into_model(pl_module.model, hf_format.read_weights(checkpoint_dir))
 
 
@@ -230,9 +234,8 @@ def export_model(trainer: pl.Trainer | None, pl_module: Any, output_dir: str) ->
     """``Trainer.save_model``: weights + config, tokenizer files and ``training_args.bin`` (rank 0 writes)."""
     datamodule = trainer.datamodule if trainer is not None else None
     collator = getattr(datamodule, "data_collator", None)
-    if trainer is not None and trainer.world_size > 1:
-        full = trainer.strategy.lightning_module_state_dict()
-        state_dict = {k[len("model.") :]: v for k, v in full.items() if k.startswith("model.")}
+    if trainer is not None and (trainer.world_size > 1 or distributed.is_sharded(trainer.strategy)):
+        state_dict = distributed.full_model_state_dict(trainer.strategy, pl_module)  # gathered under FSDP
         if trainer.is_global_zero:
             hf_format.save_model_files(
                 output_dir, pl_module.model, state_dict=state_dict, processing_class=pl_module.processing_class, data_collator=collator, args=pl_module.args
