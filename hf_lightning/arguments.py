@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .state import strategy_name
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ARGUMENT_SUPPORT",
@@ -29,6 +32,7 @@ __all__ = [
     "validate_arguments",
     "unsupported_arguments",
     "resolve_report_to",
+    "process_log_level",
 ]
 
 HONOURED = "honoured"
@@ -57,10 +61,10 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "max_grad_norm": (HONOURED, "clipping after unscaling, also with fused AdamW under fp16; the pre-clip norm is logged"),
     "label_smoothing_factor": (HONOURED, "transformers' `LabelSmoother`, with the causal-LM shift"),
     "bf16": (HONOURED, "Lightning precision `bf16-mixed`"),
-    "fp16": (HONOURED, "Lightning precision `16-mixed` (GradScaler, `scaler.pt` in checkpoints)"),
-    "bf16_full_eval": (HONOURED, "the model is cast to bf16 for evaluation outside training"),
-    "fp16_full_eval": (HONOURED, "the model is cast to fp16 for evaluation outside training"),
-    "tf32": (HONOURED, "sets `torch.backends.cuda.matmul.allow_tf32` and cudnn's flag"),
+    "fp16": (HONOURED, "Lightning precision `16-mixed` with a GradScaler on GPU; on CPU full fp32, as transformers does (accelerate has no CPU fp16 autocast)"),
+    "bf16_full_eval": (HONOURED, "`evaluate()`/`predict()` outside training cast the model to bf16 (it stays cast, as in transformers)"),
+    "fp16_full_eval": (HONOURED, "`evaluate()`/`predict()` outside training cast the model to fp16 (it stays cast, as in transformers)"),
+    "tf32": (HONOURED, "`TrainingArguments` itself sets (or refuses) the CUDA/cuDNN TF32 flags; `build_trainer` sets them again"),
     "activation_checkpointing": (HONOURED, "`model.activation_checkpointing_enable()` (or gradient_checkpointing_enable)"),
     "activation_checkpointing_kwargs": (HONOURED, "passed to the model's checkpointing method"),
     "gradient_checkpointing": (HONOURED, "deprecated alias of `activation_checkpointing`, resolved by transformers"),
@@ -72,17 +76,17 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "liger_kernel_config": (UNSUPPORTED, "see `use_liger_kernel`"),
     "use_cache": (HONOURED, "written to `model.config.use_cache` like transformers does"),
     "neftune_noise_alpha": (HONOURED, "transformers' NEFTune hook is attached for training and removed after"),
-    "torch_empty_cache_steps": (HONOURED, "the accelerator cache is emptied every N optimizer steps"),
+    "torch_empty_cache_steps": (HONOURED, "accelerate's `clear_device_cache()` after each backward of every N-th optimizer step, as in `Trainer.training_step`"),
     "auto_find_batch_size": (UNSUPPORTED, "retrying on OOM is not implemented; use Lightning's BatchSizeFinder"),
     "logging_strategy": (HONOURED, "no / steps / epoch, in optimizer steps"),
     "logging_steps": (HONOURED, "int or ratio of max_steps"),
     "logging_first_step": (HONOURED, "log after the first optimizer step"),
-    "log_on_each_node": (HONOURED, "transformers' process log level on non-zero local ranks"),
+    "log_on_each_node": (HONOURED, "`log_level` on every node's local rank 0 (Lightning's ranks), `log_level_replica` elsewhere"),
     "logging_nan_inf_filter": (HONOURED, "NaN/Inf step losses are replaced without a host sync"),
     "include_num_input_tokens_seen": (HONOURED, "no / all / non_padding; counted on device, synced at logging steps"),
-    "log_level": (HONOURED, "transformers' logging verbosity on the main process"),
-    "log_level_replica": (HONOURED, "transformers' logging verbosity on replicas"),
-    "disable_tqdm": (HONOURED, "Lightning's progress bar on/off; PrinterCallback semantics when off"),
+    "log_level": (HONOURED, "transformers' logging verbosity on the main process (`passive` keeps it)"),
+    "log_level_replica": (HONOURED, "transformers' logging verbosity on the other processes"),
+    "disable_tqdm": (HONOURED, "Lightning's tqdm bar (optimizer steps, with loss and lr) and ProgressCallback-style log lines; off: PrinterCallback prints the log dicts"),
     "report_to": (HONOURED, "tensorboard, csv, wandb, mlflow, comet_ml, neptune -> Lightning loggers; other integrations run as transformers callbacks"),
     "run_name": (HONOURED, "logger run name/version"),
     "project": (HONOURED, "logger project (wandb, comet, neptune, mlflow experiment)"),
@@ -96,14 +100,14 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "prediction_loss_only": (HONOURED, "predictions are not gathered"),
     "eval_on_start": (HONOURED, "an eval at step 0 before the first epoch"),
     "eval_do_concat_batches": (HONOURED, "transformers' EvalLoopContainer"),
-    "eval_use_gather_object": (HONOURED, "non-tensor outputs gathered with `all_gather_object`"),
+    "eval_use_gather_object": (HONOURED, "one process: nothing to gather, the same as transformers; several processes: refused when evaluation starts (outputs are gathered as tensors)"),
     "eval_accumulation_steps": (HONOURED, "predictions moved to CPU every N eval steps"),
     "include_for_metrics": (HONOURED, "`inputs` and `loss` passed to `compute_metrics`"),
     "batch_eval_metrics": (HONOURED, "`compute_metrics(..., compute_result=)` per batch"),
     "save_only_model": (HONOURED, "no optimizer/scheduler/rng files"),
     "save_strategy": (HONOURED, "no / steps / epoch / best"),
     "save_steps": (HONOURED, "int or ratio"),
-    "save_on_each_node": (HONOURED, "local rank 0 of every node writes the model files"),
+    "save_on_each_node": (UNSUPPORTED, "global rank 0 writes the model files (on one node that is the same); for per-node copies use a shared filesystem or copy after training"),
     "save_total_limit": (HONOURED, "rotation protecting the newest and the best checkpoint, limit-1 rule at the end"),
     "enable_jit_checkpoint": (UNSUPPORTED, "use Lightning's SIGTERM handling; our saves are atomic anyway"),
     "push_to_hub": (UNSUPPORTED, "no Hub push from hf_lightning; call `model.push_to_hub` yourself"),
@@ -122,11 +126,11 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "seed": (HONOURED, "`set_seed(seed)` when the trainer is built, as transformers does in `Trainer.__init__`"),
     "data_seed": (HONOURED, "seed of the epoch permutations"),
     "use_cpu": (HONOURED, "Lightning accelerator `cpu`"),
-    "accelerator_config": (NOT_APPLICABLE, "accelerate-specific; Lightning prepares data and models itself"),
+    "accelerator_config": (UNSUPPORTED, "accelerate's dataloader/accumulation settings: only the defaults (`split_batches=False`, `dispatch_batches=None`, `even_batches=True`, `use_seedable_sampler=True`, no `gradient_accumulation_kwargs`) are reproduced; `non_blocking` and `use_configured_state` are accepted and have no effect"),
     "parallelism_config": (UNSUPPORTED, "tensor/context/sequence parallelism of accelerate; use a Lightning strategy"),
     "dataloader_drop_last": (HONOURED, "train and eval dataloaders"),
     "dataloader_num_workers": (HONOURED, "DataLoader workers, seeded like transformers"),
-    "dataloader_pin_memory": (HONOURED, "DataLoader pin_memory"),
+    "dataloader_pin_memory": (HONOURED, "DataLoader pin_memory (when CUDA is available)"),
     "dataloader_persistent_workers": (HONOURED, "DataLoader persistent_workers"),
     "dataloader_prefetch_factor": (HONOURED, "DataLoader prefetch_factor"),
     "dataloader_multiprocessing_context": (HONOURED, "DataLoader multiprocessing_context"),
@@ -145,7 +149,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "fsdp_config": (UNSUPPORTED, "see `fsdp`"),
     "deepspeed": (UNSUPPORTED, "pass Lightning's `strategy=\"deepspeed_stage_N\"` instead; HF DeepSpeed folders are not written"),
     "debug": (UNSUPPORTED, "underflow/overflow debugging of transformers is not wired in"),
-    "skip_memory_metrics": (HONOURED, "memory keys added to the train summary when False"),
+    "skip_memory_metrics": (HONOURED, "False: transformers' TrainerMemoryTracker adds `init_`/`train_mem_*` keys to the train summary and `eval_`/`test_mem_*` keys to `evaluate()`/`predict()` results"),
     "do_train": (NOT_APPLICABLE, "not read by transformers.Trainer either (for scripts)"),
     "do_eval": (NOT_APPLICABLE, "not read by transformers.Trainer either (for scripts)"),
     "do_predict": (NOT_APPLICABLE, "not read by transformers.Trainer either (for scripts)"),
@@ -167,10 +171,36 @@ def _default_of(name: str) -> Any:
     return None
 
 
+# accelerator_config fields whose non-default value would change the data order or the batching.
+_ACCELERATOR_CONFIG_DEFAULTS = {
+    "split_batches": False,
+    "dispatch_batches": None,
+    "even_batches": True,
+    "use_seedable_sampler": True,
+    "gradient_accumulation_kwargs": None,
+}
+
+
+def _accelerator_config_problems(config: Any) -> list[str]:
+    if config is None:
+        return []
+    values = config if isinstance(config, dict) else dataclasses.asdict(config)
+    changed = {k: values[k] for k, default in _ACCELERATOR_CONFIG_DEFAULTS.items() if k in values and values[k] not in (default, {} if default is None else default)}
+    if not changed:
+        return []
+    return [
+        f"`accelerator_config` sets {changed}, which hf_lightning does not reproduce: only the defaults "
+        f"{_ACCELERATOR_CONFIG_DEFAULTS} are supported (data order and batching follow accelerate's defaults)."
+    ]
+
+
 def unsupported_arguments(args: TrainingArguments) -> list[str]:
     """Names of unsupported fields set to something other than their default, with why."""
     problems = []
     for name, (status, why) in ARGUMENT_SUPPORT.items():
+        if name == "accelerator_config":
+            problems += _accelerator_config_problems(getattr(args, name, None))
+            continue
         if status != UNSUPPORTED or not hasattr(args, name):
             continue
         value = getattr(args, name)
@@ -214,12 +244,30 @@ def _report_to_problems(report_to: list[str]) -> list[str]:
     ]
 
 
-def precision_for(args: TrainingArguments) -> str:
-    """Lightning precision string for ``bf16``/``fp16``."""
+def process_log_level(args: TrainingArguments, *, global_rank: int, local_rank: int) -> int:
+    """``TrainingArguments.get_process_log_level`` with Lightning's ranks instead of accelerate's state.
+
+    The main process (global rank 0, or every local rank 0 with ``log_on_each_node``) gets ``log_level``,
+    the others ``log_level_replica``; ``passive`` keeps transformers' current verbosity.
+    """
+    from transformers.utils import logging as hf_logging
+    from transformers.training_args import trainer_log_levels
+
+    main = local_rank == 0 if args.log_on_each_node else global_rank == 0
+    level = trainer_log_levels[args.log_level if main else args.log_level_replica]
+    return hf_logging.get_verbosity() if level == -1 else level
+
+
+def precision_for(args: TrainingArguments, device_type: str = "cuda") -> str:
+    """Lightning precision string for ``bf16``/``fp16`` on a ``device_type`` accelerator.
+
+    accelerate has no fp16 autocast on CPU: transformers trains ``fp16=True`` on CPU in full fp32
+    (Lightning would switch to bf16 instead), so fp16 on CPU is ``32-true`` here too.
+    """
     if args.bf16:
         return "bf16-mixed"
     if args.fp16:
-        return "16-mixed"
+        return "32-true" if device_type == "cpu" else "16-mixed"
     return "32-true"
 
 
@@ -269,7 +317,8 @@ def validate_arguments(
             "`metric_for_best_model` must be set when `save_strategy='best'` or `load_best_model_at_end=True`."
         )
     if save_strategy == "best" and eval_strategy == "no":
-        problems.append("`save_strategy='best'` saves after evaluations, but `eval_strategy='no'` never evaluates.")
+        # transformers accepts it (and never saves); so do we, with a warning.
+        log.warning("`save_strategy='best'` saves after evaluations, but `eval_strategy='no'` never evaluates: no checkpoint will be written.")
     if args.batch_eval_metrics and compute_metrics is not None:
         if "compute_result" not in inspect.signature(compute_metrics).parameters:
             problems.append(
@@ -298,5 +347,11 @@ def _markdown_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # pragma: no cover - prints the README table
-    print(_markdown_table())
+def _not_applicable_list() -> str:
+    return "\n".join(f"- `{name}`: {why}" for name, (status, why) in ARGUMENT_SUPPORT.items() if status == NOT_APPLICABLE)
+
+
+if __name__ == "__main__":  # prints the README table (docs/arguments.md); `--not-applicable` prints that list
+    import sys
+
+    print(_not_applicable_list() if "--not-applicable" in sys.argv[1:] else _markdown_table())

@@ -45,15 +45,16 @@ class HFCheckpointIO(CheckpointIO):
                 "to the checkpoint; this LightningModule is not an HFModule."
             )
         os.makedirs(path, exist_ok=True)
-        state_dict = {k[len(MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
-        hf_format.save_model_files(
-            path,
-            model,
-            state_dict=state_dict,
-            processing_class=extras.get("processing_class"),
-            data_collator=extras.get("data_collator"),
-            args=extras.get("args"),
-        )
+        if "state_dict" in checkpoint:  # absent: a sharded strategy wrote the weights (distributed.py)
+            state_dict = {k[len(MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+            hf_format.save_model_files(
+                path,
+                model,
+                state_dict=state_dict,
+                processing_class=extras.get("processing_class"),
+                data_collator=extras.get("data_collator"),
+                args=extras.get("args"),
+            )
         if checkpoint.get("optimizer_states"):
             hf_format.save_torch(checkpoint["optimizer_states"][0], os.path.join(path, hf_format.OPTIMIZER_NAME))
         if checkpoint.get("lr_schedulers"):
@@ -79,27 +80,36 @@ class HFCheckpointIO(CheckpointIO):
 
     @override
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
-        import shutil
-
         if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
+            hf_format.delete_checkpoint(path)
         elif os.path.exists(path):
             os.remove(path)
 
 
-def load_hf_checkpoint(path: str) -> dict[str, Any]:
-    """A transformers ``checkpoint-N`` folder as the dict Lightning restores from."""
+def load_hf_checkpoint(path: str, *, with_weights: bool = True) -> dict[str, Any]:
+    """A transformers ``checkpoint-N`` folder as the dict Lightning restores from.
+
+    ``with_weights=False`` leaves out the weights and the optimizer, for strategies that load them
+    in place (the FSDP layouts, ``distributed.py``).
+    """
+    weights = hf_format.read_weights(path) if with_weights else None
     state = hf_format.read_trainer_state(path)
-    weights = hf_format.load_model_state_dict(path)
     checkpoint: dict[str, Any] = {
-        "state_dict": {MODEL_PREFIX + k: v for k, v in weights.items()},
+        # An adapter's tensors are loaded by HFModule.on_load_checkpoint through peft, not by key.
+        "state_dict": {} if weights is None or weights.adapter else {MODEL_PREFIX + k: v for k, v in weights.state_dict.items()},
         "epoch": 0,
         "global_step": state.global_step if state is not None else 0,
         "pytorch-lightning_version": pl.__version__,
         "callbacks": {},  # without it Lightning skips the callbacks' on_load_checkpoint
-        EXTRAS_KEY: {"source_dir": path, "trainer_state": state, "weights_file": _weights_file(path)},
+        EXTRAS_KEY: {
+            "source_dir": path,
+            "trainer_state": state,
+            "weights_file": weights.path if weights is not None else path,
+            "adapter_weights": weights if weights is not None and weights.adapter else None,
+            "rng_states": hf_format.read_rng_states(path),
+        },
     }
-    if hf_format.has_training_state(path):
+    if with_weights and hf_format.has_training_state(path):
         checkpoint["optimizer_states"] = [hf_format.load_torch(os.path.join(path, hf_format.OPTIMIZER_NAME))]
         checkpoint["lr_schedulers"] = [hf_format.load_torch(os.path.join(path, hf_format.SCHEDULER_NAME))]
     scaler = os.path.join(path, hf_format.SCALER_NAME)
@@ -108,11 +118,3 @@ def load_hf_checkpoint(path: str) -> dict[str, Any]:
         for key in _PRECISION_KEYS:
             checkpoint[key] = scaler_state
     return checkpoint
-
-
-def _weights_file(path: str) -> str:
-    for name in (hf_format.SAFE_WEIGHTS_NAME, "model.safetensors.index.json", "pytorch_model.bin"):
-        candidate = os.path.join(path, name)
-        if os.path.isfile(candidate):
-            return candidate
-    return path

@@ -178,8 +178,12 @@ class HFDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------------------- model info
 
+    def _lightning_trainer(self) -> pl.Trainer | None:
+        # LightningDataModule keeps its trainer in `self.trainer` (None until the Trainer attaches it).
+        return getattr(self, "trainer", None)
+
     def _model_and_labels(self) -> tuple[torch.nn.Module | None, list[str]]:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self._lightning_trainer()
         module = trainer.lightning_module if trainer is not None else None
         if module is None:
             return None, list(self.args.label_names or [])
@@ -249,11 +253,11 @@ class HFDataModule(pl.LightningDataModule):
         return kwargs
 
     def _world(self) -> int:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self._lightning_trainer()
         return trainer.world_size if trainer is not None else 1
 
     def _rank(self) -> int:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self._lightning_trainer()
         return trainer.global_rank if trainer is not None else 0
 
     def _train_sampler(self, dataset: Any) -> Sampler[int]:
@@ -287,8 +291,11 @@ class HFDataModule(pl.LightningDataModule):
         dataset, collator = self._prepare(self.train_dataset, "training")
         bs, ga = self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps
         if isinstance(dataset, IterableDataset) or not has_length(dataset):
-            # Unsized data: a group is GA*bs consecutive samples, as transformers fetches them.
+            # Unsized data: a group is GA*bs consecutive samples (of this rank's shard), as transformers fetches them.
+            from .distributed import shard_iterable
+
             self.train_batch_sampler = None
+            dataset = shard_iterable(dataset, batch_size=bs, drop_last=self.args.dataloader_drop_last, world_size=self._world(), rank=self._rank())
             return DataLoader(dataset, batch_size=bs * ga, collate_fn=GroupCollator(collator, bs), drop_last=False, **self._loader_kwargs(training=True))
         self.train_batch_sampler = HFBatchSampler(
             self._train_sampler(dataset),
@@ -309,14 +316,18 @@ class HFDataModule(pl.LightningDataModule):
         dataset, collator = self._prepare(dataset, description)
         bs = self.args.per_device_eval_batch_size
         kwargs = self._loader_kwargs(training=False)
-        if isinstance(dataset, IterableDataset) or not has_length(dataset):
-            return DataLoader(dataset, batch_size=bs, collate_fn=collator, **kwargs)
-        from .distributed import eval_sampler
+        from .distributed import eval_batch_sampler, eval_sampler, shard_iterable
 
-        sampler = eval_sampler(dataset, self.args, self.processing_class, world_size=self._world(), rank=self._rank())
-        return DataLoader(
-            dataset, batch_size=bs, sampler=sampler, collate_fn=collator, drop_last=self.args.dataloader_drop_last, **kwargs
-        )
+        drop_last, world, rank = self.args.dataloader_drop_last, self._world(), self._rank()
+        if isinstance(dataset, IterableDataset) or not has_length(dataset):
+            dataset = shard_iterable(dataset, batch_size=bs, drop_last=drop_last, world_size=world, rank=rank)
+            return DataLoader(dataset, batch_size=bs, collate_fn=collator, **kwargs)
+        sampler = eval_sampler(dataset, self.args, self.processing_class, world_size=world, rank=rank)
+        if world <= 1:
+            return DataLoader(dataset, batch_size=bs, sampler=sampler, collate_fn=collator, drop_last=drop_last, **kwargs)
+        # Several processes: each evaluates its shard of the batches, as accelerate's prepared dataloader does.
+        batches = eval_batch_sampler(sampler, batch_size=bs, drop_last=drop_last, world_size=world, rank=rank)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collator, **kwargs)
 
     @override
     def val_dataloader(self) -> DataLoader | dict[str, DataLoader] | list:

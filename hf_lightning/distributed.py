@@ -1,35 +1,83 @@
 """The only module that knows about DDP and FSDP.
 
-Gradient-sync control during accumulation, strategy-aware clipping, reductions, and gathering
-evaluation tensors the way accelerate's ``gather_for_metrics`` does. Every function here that
-communicates is a collective: call it on every rank.
+- **Strategies**: ``ddp_strategy`` maps the ``ddp_*`` TrainingArguments onto Lightning's ``DDPStrategy``;
+  ``FSDP2Strategy`` (Lightning's ``ModelParallelStrategy``, runs on CPU too) and ``FSDPStrategy``
+  (Lightning's FSDP1 strategy, GPU only) shard the model and write accelerate/transformers' FSDP
+  checkpoint layout (§1.3) instead of Lightning's own.
+- **Training**: gradient-sync control during accumulation, strategy-aware clipping, reductions.
+- **Data**: evaluation batches sharded like accelerate's ``BatchSamplerShard``, and gathering that
+  drops the duplicated samples like ``gather_for_metrics``.
+- **Launching**: Lightning's script launcher with the ``RANK`` that transformers' ``TrainingArguments``
+  (through accelerate) needs in each child process.
+
+Every function here that communicates is a collective: call it on every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Iterator
-from typing import Any
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import nn
-from torch.utils.data import Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, Sampler, SequentialSampler
 from transformers import TrainingArguments
+from transformers.trainer import FSDP_MODEL_NAME, OPTIMIZER_NAME, OPTIMIZER_NAME_BIN
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from typing_extensions import override
 
+from . import hf_format
+from .hf_format import CheckpointError
 from .state import strategy_name
 
 __all__ = [
+    "FSDP2Strategy",
+    "FSDPStrategy",
+    "ddp_strategy",
+    "resolve_strategy",
+    "several_processes",
+    "prepare_launcher",
     "eval_sampler",
+    "eval_batch_sampler",
+    "shard_iterable",
     "gradient_sync",
     "clip_grad_norm",
     "reduce_sum",
     "reduce_mean",
     "world_size",
     "is_distributed",
+    "is_sharded",
     "EvalGather",
+    "full_model_state_dict",
+    "load_full_weights",
+    "checkpoint_layout",
+    "saved_world_size",
+    "warn_on_world_size_change",
+    "FSDP_MODEL_FILE",
+    "FSDP_MODEL_DIR",
+    "FSDP_OPTIMIZER_DIR",
 ]
+
+log = logging.getLogger(__name__)
+
+# accelerate's FSDP file names (``save_fsdp_model``/``save_fsdp_optimizer`` with model/optimizer index 0).
+FSDP_MODEL_FILE = f"{FSDP_MODEL_NAME}.bin"  # pytorch_model_fsdp.bin: full state dict, torch.save
+FSDP_MODEL_DIR = f"{FSDP_MODEL_NAME}_0"  # pytorch_model_fsdp_0/: DCP, {"model": state_dict}
+FSDP_OPTIMIZER_DIR = f"{OPTIMIZER_NAME.split('.')[0]}_0"  # optimizer_0/: DCP, {"optimizer": state_dict}
+MODEL_PREFIX = "model."  # HFModule keeps the transformers model in ``self.model``
+
+StateDictType = Literal["full", "sharded"]
+
+
+# ------------------------------------------------------------------------------------ basics
 
 
 def world_size(strategy: Any) -> int:
@@ -40,30 +88,598 @@ def is_distributed(strategy: Any) -> bool:
     return world_size(strategy) > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def eval_sampler(dataset: Any, args: TrainingArguments, processing_class: Any, *, world_size: int, rank: int) -> Sampler[int] | None:
-    """``Trainer._get_eval_sampler``: sequential on one process (length-grouped with group_by_length).
+def is_sharded(strategy: Any) -> bool:
+    """The strategy shards parameters (FSDP1/FSDP2): weights must be gathered or loaded collectively."""
+    return isinstance(strategy, (ModelParallelStrategy, LightningFSDPStrategy))
 
-    With several processes the batches are sharded like accelerate does (``EvalBatchSharder``),
-    so the sampler itself stays sequential.
+
+def reduce_sum(strategy: Any, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (identity on one process)."""
+    if not is_distributed(strategy):
+        return tensor
+    return strategy.reduce(tensor, reduce_op="sum")
+
+
+def reduce_mean(strategy: Any, tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (identity on one process)."""
+    if not is_distributed(strategy):
+        return tensor
+    return strategy.reduce(tensor, reduce_op="mean")
+
+
+# ---------------------------------------------------------------------------------- launching
+
+
+class _RankedScriptLauncher(_SubprocessScriptLauncher):
+    """Lightning's script launcher, also giving each child its global ``RANK``.
+
+    A child re-runs the user's script, which builds ``TrainingArguments`` before Lightning starts;
+    accelerate (inside ``TrainingArguments``) then initialises the process group from the environment
+    and, without ``RANK``, takes rank 0 in every child (CPU) or refuses to start (GPU). With ``RANK``
+    set it joins as the right rank and Lightning reuses that process group. The body is Lightning's
+    ``_call_children_scripts`` with the two extra variables.
     """
-    if strategy_name(args.train_sampling_strategy) == "group_by_length":
-        model_input_name = processing_class.model_input_names[0] if processing_class is not None else None
-        lengths = None
-        try:
-            import datasets
 
-            if isinstance(dataset, datasets.Dataset) and args.length_column_name in dataset.column_names:
-                lengths = dataset[args.length_column_name]
-        except ImportError:  # pragma: no cover
-            pass
-        return LengthGroupedSampler(
-            args.per_device_eval_batch_size,
-            dataset=dataset,
-            lengths=lengths,
-            model_input_name=model_input_name,
-            generator=torch.Generator().manual_seed(args.data_seed if args.data_seed is not None else args.seed),
+    @override
+    def _call_children_scripts(self) -> None:
+        from lightning.fabric.strategies.launchers.subprocess_script import _basic_subprocess_cmd
+
+        self._check_can_spawn_children()
+        self.procs = []
+        env = self.cluster_environment
+        os.environ["MASTER_ADDR"] = env.main_address
+        os.environ["MASTER_PORT"] = str(env.main_port)
+        os.environ["NODE_RANK"] = str(env.node_rank())
+        os.environ["LOCAL_RANK"] = str(env.local_rank())
+        os.environ["WORLD_SIZE"] = f"{self.num_processes * self.num_nodes}"
+        os.environ["LOCAL_WORLD_SIZE"] = str(self.num_processes)
+        first = env.node_rank() * self.num_processes
+        os.environ["RANK"] = str(first)
+        for local_rank in range(1, self.num_processes):
+            child = os.environ.copy()
+            child["LOCAL_RANK"] = str(local_rank)
+            child["RANK"] = str(first + local_rank)
+            if os.environ.get("PL_GLOBAL_SEED") is None:
+                child.pop("PL_GLOBAL_SEED", None)
+            self.procs.append(subprocess.Popen(_basic_subprocess_cmd(), env=child))
+
+
+def prepare_launcher(trainer: Any) -> None:
+    """Swap the strategy's Lightning script launcher for ``_RankedScriptLauncher`` (same settings)."""
+    strategy = trainer.strategy
+    strategy._launcher = _ranked(getattr(strategy, "_launcher", None))
+
+
+def _ranked(launcher: Any) -> Any:
+    if type(launcher) is _SubprocessScriptLauncher and not _hydra_in_use():  # hydra children need Lightning's own command
+        return _RankedScriptLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
+    return launcher
+
+
+def _hydra_in_use() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+    except ImportError:
+        return False
+    return HydraConfig.initialized()
+
+
+# --------------------------------------------------------------------------------- strategies
+
+
+def ddp_strategy(args: TrainingArguments) -> DDPStrategy:
+    """Lightning's ``DDPStrategy`` with the ``ddp_*`` arguments, as ``Trainer._build_accelerator_args`` sets them.
+
+    ``find_unused_parameters`` defaults like transformers: on, unless activation checkpointing is on.
+    """
+    from datetime import timedelta
+
+    find_unused = args.ddp_find_unused_parameters
+    if find_unused is None:
+        find_unused = not (args.activation_checkpointing or getattr(args, "gradient_checkpointing", False))
+    kwargs: dict[str, Any] = {"find_unused_parameters": find_unused}
+    if args.ddp_bucket_cap_mb is not None:
+        kwargs["bucket_cap_mb"] = args.ddp_bucket_cap_mb
+    if args.ddp_broadcast_buffers is not None:
+        kwargs["broadcast_buffers"] = args.ddp_broadcast_buffers
+    if args.ddp_static_graph is not None:
+        kwargs["static_graph"] = args.ddp_static_graph
+    return DDPStrategy(process_group_backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout), **kwargs)
+
+
+_STRATEGY_NAMES = {"fsdp": "FSDPStrategy", "fsdp2": "FSDP2Strategy", "model_parallel": "FSDP2Strategy"}
+
+
+def several_processes(trainer_kwargs: Mapping[str, Any]) -> bool:
+    """Whether ``lightning.Trainer(**trainer_kwargs)`` will run several processes (devices or nodes)."""
+    if int(trainer_kwargs.get("num_nodes", 1) or 1) > 1:
+        return True
+    devices = trainer_kwargs.get("devices", "auto")
+    if isinstance(devices, int):
+        return devices > 1 or devices == -1
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        return int(devices) > 1 or int(devices) == -1
+    if devices == "auto" and str(trainer_kwargs.get("accelerator", "auto")) in ("auto", "gpu", "cuda"):
+        return torch.cuda.is_available() and torch.cuda.device_count() > 1  # Lightning's "auto" takes every GPU
+    return False
+
+
+def resolve_strategy(args: TrainingArguments, trainer_kwargs: Mapping[str, Any]) -> Any:
+    """The Lightning strategy for a run: the user's, a named FSDP one, or DDP for several processes.
+
+    DDP gets the ``ddp_*`` arguments (``ddp_strategy``). Lightning's own ``FSDPStrategy``/``ModelParallelStrategy``
+    write Lightning's checkpoint layout, so they are refused with the hf_lightning subclass to use instead.
+    """
+    from datetime import timedelta
+
+    strategy = trainer_kwargs.get("strategy")
+    if strategy is None and several_processes(trainer_kwargs):
+        return ddp_strategy(args)
+    if strategy == "ddp":
+        return ddp_strategy(args)
+    if isinstance(strategy, str) and strategy in _STRATEGY_NAMES:
+        cls = FSDP2Strategy if _STRATEGY_NAMES[strategy] == "FSDP2Strategy" else FSDPStrategy
+        return cls(process_group_backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout))
+    if isinstance(strategy, (ModelParallelStrategy, LightningFSDPStrategy)) and not isinstance(strategy, _HFShardedCheckpoints):
+        ours, name = ("FSDP2Strategy", "fsdp2") if isinstance(strategy, ModelParallelStrategy) else ("FSDPStrategy", "fsdp")
+        raise ValueError(
+            f"`strategy={type(strategy).__name__}(...)` writes Lightning's checkpoint layout, not transformers' "
+            f"checkpoint-N folders. Use `hf_lightning.distributed.{ours}(...)` (same arguments, plus "
+            f"`state_dict_type='full'|'sharded'`), or `strategy={name!r}`."
         )
-    return SequentialSampler(dataset)
+    return strategy
+
+
+class _HFShardedCheckpoints:
+    """Checkpoints of a sharding strategy in accelerate/transformers' FSDP layout (§1.3).
+
+    ``state_dict_type="full"``: rank 0 writes ``model.safetensors`` + config/tokenizer/``training_args.bin``
+    (through ``HFCheckpointIO``), ``pytorch_model_fsdp.bin`` and ``optimizer.bin`` (full, FQN-keyed).
+    ``state_dict_type="sharded"``: every rank writes its shard through ``torch.distributed.checkpoint``
+    into ``pytorch_model_fsdp_0/`` (``{"model": sd}``) and ``optimizer_0/`` (``{"optimizer": osd}``);
+    with ``save_consolidated=True`` rank 0 also writes the gathered ``model.safetensors`` + config.
+    Loading reads whichever layout is on disk, in place into the sharded model and optimizer.
+    """
+
+    _hf_state_dict_type: StateDictType = "full"
+    _hf_save_consolidated: bool = False
+
+    def _init_hf(self, state_dict_type: str, save_consolidated: bool) -> None:
+        normalised = {"full": "full", "full_state_dict": "full", "sharded": "sharded", "sharded_state_dict": "sharded"}.get(
+            str(state_dict_type).lower()
+        )
+        if normalised is None:
+            raise ValueError(
+                f"`state_dict_type={state_dict_type!r}` is not valid; use 'full' (model.safetensors + "
+                "pytorch_model_fsdp.bin + optimizer.bin) or 'sharded' (pytorch_model_fsdp_0/ + optimizer_0/)."
+            )
+        if save_consolidated and normalised == "full":
+            raise ValueError("`save_consolidated=True` only applies to `state_dict_type='sharded'` (full saves write model.safetensors already).")
+        self._hf_state_dict_type = normalised  # type: ignore[assignment]
+        self._hf_save_consolidated = bool(save_consolidated)
+
+    @property
+    def state_dict_type(self) -> StateDictType:
+        return self._hf_state_dict_type
+
+    # What Lightning's dump_checkpoint collects (collectives).
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        return _model_state(self.model, full=self._hf_state_dict_type == "full")  # type: ignore[attr-defined]
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        optimizer = getattr(optimizer, "_optimizer", optimizer)
+        return _optimizer_state(self.model, optimizer, full=self._hf_state_dict_type == "full")  # type: ignore[attr-defined]
+
+    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
+        """Weights were loaded in place by ``load_checkpoint``."""
+
+    def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
+        """Optimizer states were loaded in place by ``load_checkpoint``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        path = Path(self.broadcast(str(filepath)))  # type: ignore[attr-defined]
+        is_zero = self.is_global_zero  # type: ignore[attr-defined]
+        model_state = checkpoint.pop("state_dict", None)
+        optimizer_states = checkpoint.pop("optimizer_states", None) or []
+        if self._hf_state_dict_type == "sharded":
+            _dcp_save({"model": _strip(model_state or {})}, path / FSDP_MODEL_DIR)
+            if optimizer_states:
+                _dcp_save({"optimizer": _strip_optimizer(optimizer_states[0])}, path / FSDP_OPTIMIZER_DIR)
+            if self._hf_save_consolidated:
+                checkpoint["state_dict"] = share_tied(self.model, _model_state(self.model, full=True))  # type: ignore[attr-defined]
+        else:
+            checkpoint["state_dict"] = share_tied(self.model, model_state or {})  # type: ignore[attr-defined]
+            if is_zero:
+                path.mkdir(parents=True, exist_ok=True)
+                hf_format.save_torch(_strip(model_state or {}), path / FSDP_MODEL_FILE)
+                if optimizer_states:
+                    hf_format.save_torch(_strip_optimizer(optimizer_states[0]), path / OPTIMIZER_NAME_BIN)
+        if is_zero:
+            self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)  # type: ignore[attr-defined]
+            if "state_dict" not in checkpoint:
+                _save_model_description(path, checkpoint)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        from .checkpoint_io import load_hf_checkpoint
+
+        path = Path(self.broadcast(str(checkpoint_path)))  # type: ignore[attr-defined]
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: {type(self).__name__} resumes from transformers checkpoint-N folders only.")
+        checkpoint = load_hf_checkpoint(str(path), with_weights=False)
+        root = self.model  # type: ignore[attr-defined]
+        layout = checkpoint_layout(path)
+        if layout == "sharded":
+            _load_sharded_model(root, path / FSDP_MODEL_DIR)
+        else:
+            _load_full_model(root, path, is_zero=self.is_global_zero)  # type: ignore[attr-defined]
+        optimizers = self.optimizers  # type: ignore[attr-defined]
+        fitting = self.lightning_module.trainer.state.fn == "fit"  # type: ignore[attr-defined]
+        if fitting and optimizers and _has_fsdp_training_state(path, layout):
+            optimizer = getattr(optimizers[0], "_optimizer", optimizers[0])
+            if layout == "sharded":
+                _load_sharded_optimizer(root, optimizer, path / FSDP_OPTIMIZER_DIR)
+            else:
+                _load_full_optimizer(root, optimizer, path / OPTIMIZER_NAME_BIN, is_zero=self.is_global_zero)  # type: ignore[attr-defined]
+            checkpoint["optimizer_states"] = [optimizer.state_dict()]
+            checkpoint["lr_schedulers"] = [hf_format.load_torch(path / hf_format.SCHEDULER_NAME)]
+        # The weights are in the model already; HFModule checks these names and shapes against its own.
+        checkpoint["state_dict"] = _model_state(root, full=False, cpu_offload=False)
+        return checkpoint
+
+
+class FSDP2Strategy(_HFShardedCheckpoints, ModelParallelStrategy):
+    """FSDP2 (``fully_shard``) through Lightning's ``ModelParallelStrategy``, with transformers' checkpoint folders.
+
+    Each transformer block (the model's ``_no_split_modules`` classes, or ``shard_layers``) becomes
+    one FSDP unit and the model its root, as accelerate's FSDP2 auto-wrap does; runs on CPU (gloo) too.
+
+    Args:
+        state_dict_type: ``"sharded"`` (``pytorch_model_fsdp_0/`` + ``optimizer_0/`` via
+            torch.distributed.checkpoint; each rank writes its shard) or ``"full"`` (gathered on rank 0:
+            ``model.safetensors``, ``pytorch_model_fsdp.bin``, ``optimizer.bin``).
+        save_consolidated: with ``"sharded"``, also write the gathered ``model.safetensors`` + config
+            at every save (costs a full copy of the weights on rank 0).
+        shard_layers: module classes (or class names) to shard as separate units; default the
+            model's ``_no_split_modules``.
+        reshard_after_forward: ``fully_shard``'s option (True: ZeRO-3, False: ZeRO-2-like).
+        kwargs: ``ModelParallelStrategy`` arguments (``process_group_backend``, ``timeout``, ...).
+    """
+
+    def __init__(
+        self,
+        state_dict_type: StateDictType = "sharded",
+        *,
+        save_consolidated: bool = False,
+        shard_layers: list[type[nn.Module] | str] | None = None,
+        reshard_after_forward: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("tensor_parallel_size", 1)
+        if kwargs["tensor_parallel_size"] not in (1, "auto") or kwargs.get("data_parallel_size", "auto") != "auto":
+            raise ValueError(
+                "FSDP2Strategy shards over every process (data parallel only); leave `data_parallel_size` and "
+                f"`tensor_parallel_size` unset (got tensor_parallel_size={kwargs['tensor_parallel_size']!r}, "
+                f"data_parallel_size={kwargs.get('data_parallel_size', 'auto')!r})."
+            )
+        kwargs["tensor_parallel_size"] = 1
+        kwargs.pop("save_distributed_checkpoint", None)
+        super().__init__(save_distributed_checkpoint=state_dict_type != "full", **kwargs)
+        self._init_hf(state_dict_type, save_consolidated)
+        self.shard_layers = shard_layers
+        self.reshard_after_forward = reshard_after_forward
+
+    @override
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    @override
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        self._launcher = _ranked(self._launcher)
+
+    @override
+    def setup(self, trainer: Any) -> None:
+        module = self.lightning_module
+        model = getattr(module, "model", None)
+        if isinstance(model, nn.Module) and not _has_fsdp2(model):
+            shard_model(model, self.device_mesh["data_parallel"], self.shard_layers, self.reshard_after_forward)
+        super().setup(trainer)
+
+
+class FSDPStrategy(_HFShardedCheckpoints, LightningFSDPStrategy):
+    """Lightning's ``FSDPStrategy`` (FSDP1, CUDA only) with transformers' checkpoint folders.
+
+    Takes every argument of Lightning's ``FSDPStrategy``; ``state_dict_type`` (``"full"`` by default,
+    or ``"sharded"``) selects accelerate's full or sharded layout, and ``save_consolidated`` also
+    writes ``model.safetensors`` at sharded saves. Without ``auto_wrap_policy`` each of the model's
+    ``_no_split_modules`` blocks is wrapped.
+    """
+
+    def __init__(self, *args: Any, state_dict_type: StateDictType = "full", save_consolidated: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, state_dict_type="full" if str(state_dict_type).lower().startswith("full") else "sharded", **kwargs)
+        self._init_hf(state_dict_type, save_consolidated)
+
+    @override
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        self._launcher = _ranked(self._launcher)
+
+    @override
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        if "auto_wrap_policy" not in self.kwargs:
+            classes = _layer_classes(getattr(model, "model", model), None)
+            if classes:
+                from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+                self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes)
+        return super()._setup_model(model)
+
+
+# ------------------------------------------------------------------------------- FSDP2 sharding
+
+
+def _has_fsdp2(module: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def _layer_classes(model: nn.Module, names: list[type[nn.Module] | str] | None) -> set[type[nn.Module]]:
+    wanted = names if names is not None else list(getattr(model, "_no_split_modules", None) or [])
+    by_name = {type(m).__name__: type(m) for m in model.modules()}
+    classes: set[type[nn.Module]] = set()
+    for item in wanted:
+        if isinstance(item, type):
+            classes.add(item)
+        elif item in by_name:
+            classes.add(by_name[item])
+        elif names is not None:
+            raise ValueError(f"`shard_layers` names {item!r}, which is not a module class of {type(model).__name__}; it has {sorted(by_name)}.")
+    return classes
+
+
+def shard_model(model: nn.Module, mesh: Any, layers: list[type[nn.Module] | str] | None = None, reshard_after_forward: bool = True) -> nn.Module:
+    """``fully_shard`` each transformer block, then the whole model (accelerate's FSDP2 auto-wrap).
+
+    Tied parameters (``lm_head``/embeddings) stay in the root unit, so they remain one parameter.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    classes = _layer_classes(model, layers)
+    for module in list(model.modules()):
+        if module is not model and isinstance(module, tuple(classes)):
+            fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+# ------------------------------------------------------------------------- FSDP state dicts
+
+
+def _options(full: bool, cpu_offload: bool = True, broadcast_from_rank0: bool = False, strict: bool = True) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=full, cpu_offload=cpu_offload, broadcast_from_rank0=broadcast_from_rank0, strict=strict)
+
+
+def _model_state(root: nn.Module, *, full: bool, cpu_offload: bool | None = None) -> dict[str, Any]:
+    """The root module's state dict (``model.``-prefixed names): gathered on rank 0 or this rank's shards."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    offload = full if cpu_offload is None else cpu_offload
+    state = get_model_state_dict(root, options=_options(full, cpu_offload=offload))
+    return {k: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+
+
+def _optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer, *, full: bool) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(root, optimizer, options=_options(full, cpu_offload=full))
+
+
+def _strip(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+
+
+def _add(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {MODEL_PREFIX + k: v for k, v in state.items()}
+
+
+def _rekey_optimizer(osd: Mapping[str, Any], rename: Any) -> dict[str, Any]:
+    if not osd:
+        return dict(osd)
+    return {
+        "state": {rename(k): v for k, v in osd.get("state", {}).items()},
+        "param_groups": [{**g, "params": [rename(p) for p in g["params"]]} for g in osd.get("param_groups", [])],
+    }
+
+
+def _strip_optimizer(osd: Mapping[str, Any]) -> dict[str, Any]:
+    """FQN-keyed optimizer state of the LightningModule -> of the transformers model (accelerate's keys)."""
+    return _rekey_optimizer(osd, lambda k: k[len(MODEL_PREFIX) :] if isinstance(k, str) and k.startswith(MODEL_PREFIX) else k)
+
+
+def _add_optimizer(osd: Mapping[str, Any]) -> dict[str, Any]:
+    return _rekey_optimizer(osd, lambda k: MODEL_PREFIX + k if isinstance(k, str) else k)
+
+
+def _save_model_description(path: Path, checkpoint: Mapping[str, Any]) -> None:
+    """Config, generation config, tokenizer files and ``training_args.bin`` of a sharded save (no weights).
+
+    transformers' sharded checkpoints have none of these; with them a sharded checkpoint alone is
+    enough for ``hf_lightning.consolidate`` and documents what it holds.
+    """
+    import copy
+
+    from .checkpoint_io import EXTRAS_KEY
+
+    extras = checkpoint.get(EXTRAS_KEY) or {}
+    model = extras.get("model")
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "save_pretrained"):
+        config = copy.deepcopy(config)
+        config.architectures = [type(model).__name__.removeprefix("FSDP")]
+        config.save_pretrained(str(path))
+        generation = getattr(model, "generation_config", None)
+        can_generate = getattr(model, "can_generate", lambda: False)
+        if generation is not None and can_generate():
+            generation.save_pretrained(str(path))
+    tokenizer = extras.get("processing_class") or getattr(extras.get("data_collator"), "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+    if extras.get("args") is not None:
+        torch.save(extras["args"], path / hf_format.TRAINING_ARGS_NAME)
+
+
+def _dcp_save(state: dict[str, Any], folder: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder)))
+
+
+def _dcp_load(state: dict[str, Any], folder: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    if not (folder / ".metadata").is_file():
+        raise CheckpointError(f"{folder}: not a torch.distributed.checkpoint folder (no .metadata).")
+    dcp.load(state, storage_reader=dcp.FileSystemReader(str(folder)))
+
+
+def _load_sharded_model(root: nn.Module, folder: Path) -> None:
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    state = {"model": _strip(_model_state(root, full=False, cpu_offload=False))}
+    _dcp_load(state, folder)
+    set_model_state_dict(root, _add(state["model"]), options=_options(False, cpu_offload=False, strict=False))
+
+
+def _load_sharded_optimizer(root: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    template = get_optimizer_state_dict(root, optimizer, options=_options(False, cpu_offload=False))
+    state = {"optimizer": _strip_optimizer(template)}
+    _dcp_load(state, folder)
+    set_optimizer_state_dict(root, optimizer, _add_optimizer(state["optimizer"]), options=_options(False, cpu_offload=False))
+
+
+def _load_full_model(root: nn.Module, path: Path, *, is_zero: bool) -> None:
+    """``pytorch_model_fsdp.bin`` (or ``model.safetensors``) read on rank 0 and broadcast into the shards."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    state: dict[str, Any] = {}
+    if is_zero:
+        file = path / FSDP_MODEL_FILE
+        state = hf_format.load_torch(file) if file.is_file() else hf_format.load_model_state_dict(path)
+        state = _complete_tied(root, _add(state))
+    set_model_state_dict(root, state, options=_options(True, broadcast_from_rank0=True))
+
+
+def _tied_aliases(module: nn.Module) -> dict[str, str]:
+    """Parameters that are another parameter (tied ``lm_head``/embeddings): ``{alias: first name}``."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
+def _complete_tied(root: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """model.safetensors drops tied duplicates (lm_head.weight); give them the tensor they share."""
+    for alias, name in _tied_aliases(root).items():
+        if alias not in state and name in state:
+            state[alias] = state[name]
+    return state
+
+
+def share_tied(module: nn.Module, state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Make tied entries of a gathered state dict one tensor again, so ``save_pretrained`` writes them once."""
+    for alias, name in _tied_aliases(module).items():
+        if prefix + alias in state and prefix + name in state:
+            state[prefix + alias] = state[prefix + name]
+    return state
+
+
+def _load_full_optimizer(root: nn.Module, optimizer: torch.optim.Optimizer, file: Path, *, is_zero: bool) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    state: dict[str, Any] = {}
+    if is_zero:
+        state = _add_optimizer(hf_format.load_torch(file))
+    set_optimizer_state_dict(root, optimizer, state, options=_options(True, broadcast_from_rank0=True))
+
+
+def checkpoint_layout(path: str | os.PathLike) -> Literal["sharded", "full", "plain"]:
+    """Which of accelerate's layouts a checkpoint folder holds (transformers' own detection, §1.6)."""
+    path = Path(path)
+    if (path / FSDP_MODEL_DIR).is_dir():
+        return "sharded"
+    if (path / FSDP_MODEL_FILE).is_file():
+        return "full"
+    return "plain"
+
+
+def _has_fsdp_training_state(path: Path, layout: str) -> bool:
+    optimizer = (path / FSDP_OPTIMIZER_DIR).is_dir() if layout == "sharded" else (path / OPTIMIZER_NAME_BIN).is_file()
+    if not optimizer and (path / OPTIMIZER_NAME).is_file():
+        raise CheckpointError(
+            f"{path}: holds `{OPTIMIZER_NAME}` from a DDP/single-process run, which cannot be loaded into a "
+            f"sharded optimizer. Resume with the strategy that wrote it, or start from its weights "
+            "(`model.safetensors`) without `resume_from_checkpoint`."
+        )
+    return optimizer and (path / hf_format.SCHEDULER_NAME).is_file()
+
+
+def saved_world_size(checkpoint_dir: str | os.PathLike) -> int | None:
+    """How many processes wrote a checkpoint, from its RNG files (None without them: ``save_only_model``)."""
+    names = os.listdir(checkpoint_dir)
+    if "rng_state.pth" in names:
+        return 1
+    ranks = [n for n in names if n.startswith("rng_state_") and n.endswith(".pth")]
+    return len(ranks) or None
+
+
+def warn_on_world_size_change(checkpoint_dir: str | os.PathLike, world: int) -> None:
+    """Resuming with another number of processes works, like transformers, but does not reproduce the run."""
+    saved = saved_world_size(checkpoint_dir)
+    if saved is not None and saved != world:
+        log.warning(
+            "%s was written by %d process(es) and is resumed by %d. Weights, optimizer, scheduler and trainer state "
+            "are restored (sharded FSDP checkpoints are resharded), and the step counts continue from the saved "
+            "global_step with this run's batches per epoch, as transformers does; but the data each step sees and "
+            "the random streams differ from an uninterrupted run, so it will not reproduce the original.",
+            checkpoint_dir,
+            saved,
+            world,
+        )
+
+
+# --------------------------------------------------------------------- whole-model weights
+
+
+def full_model_state_dict(strategy: Any, module: nn.Module) -> dict[str, torch.Tensor]:
+    """The transformers model's full state dict on rank 0 (empty elsewhere under FSDP). A collective."""
+    if is_sharded(strategy):
+        return share_tied(module.model, _strip(_model_state(strategy.model, full=True)))  # type: ignore[arg-type]
+    return {k: v for k, v in module.model.state_dict().items()}  # type: ignore[union-attr]
+
+
+def load_full_weights(strategy: Any, checkpoint_dir: str | os.PathLike) -> None:
+    """Load a checkpoint's weights (any layout) into a sharded model, e.g. the best model at the end. A collective."""
+    path = Path(checkpoint_dir)
+    if checkpoint_layout(path) == "sharded":
+        _load_sharded_model(strategy.model, path / FSDP_MODEL_DIR)
+    else:
+        _load_full_model(strategy.model, path, is_zero=strategy.is_global_zero)
+
+
+# --------------------------------------------------------------------------- gradient sync
 
 
 def _ddp_module(strategy: Any) -> Any:
@@ -86,7 +702,7 @@ def gradient_sync(strategy: Any, module: nn.Module, enabled: bool) -> Iterator[N
     """Skip the gradient all-reduce for micro-batches that are not the last of their group.
 
     DDP: ``require_backward_grad_sync`` (what ``no_sync`` toggles; Lightning's manual-optimization
-    backward honours it). FSDP2: ``set_requires_gradient_sync``. Elsewhere: nothing to do.
+    backward honours it). FSDP2: ``set_requires_gradient_sync``. FSDP1: ``no_sync``. Elsewhere: nothing.
     """
     if enabled:
         yield
@@ -121,7 +737,8 @@ def gradient_sync(strategy: Any, module: nn.Module, enabled: bool) -> Iterator[N
 def clip_grad_norm(strategy: Any, module: nn.Module, max_norm: float) -> torch.Tensor:
     """Clip to ``max_norm`` (``inf`` only measures) and return the pre-clip total norm, on device.
 
-    FSDP1 uses the wrapper's own ``clip_grad_norm_``; DTensor (FSDP2) norms are materialised.
+    FSDP1 uses the wrapper's own ``clip_grad_norm_``; with FSDP2 the norm of the DTensor gradients
+    is reduced over the shards and returned as a plain tensor.
     """
     wrapper = getattr(strategy, "model", None)
     if wrapper is not None and type(wrapper).__name__ == "FullyShardedDataParallel":
@@ -134,60 +751,127 @@ def clip_grad_norm(strategy: Any, module: nn.Module, max_norm: float) -> torch.T
     return full_tensor() if callable(full_tensor) else norm
 
 
-def reduce_sum(strategy: Any, tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (identity on one process)."""
-    if not is_distributed(strategy):
-        return tensor
-    return strategy.reduce(tensor, reduce_op="sum")
+# ----------------------------------------------------------------------------------- data
 
 
-def reduce_mean(strategy: Any, tensor: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks (identity on one process)."""
-    if not is_distributed(strategy):
-        return tensor
-    return strategy.reduce(tensor, reduce_op="mean")
+def eval_sampler(dataset: Any, args: TrainingArguments, processing_class: Any, *, world_size: int, rank: int) -> Sampler[int] | None:
+    """``Trainer._get_eval_sampler``: sequential (length-grouped with group_by_length).
+
+    With several processes the batches of this sampler are then sharded (``eval_batch_sampler``).
+    """
+    del world_size, rank
+    if strategy_name(args.train_sampling_strategy) == "group_by_length":
+        model_input_name = processing_class.model_input_names[0] if processing_class is not None else None
+        lengths = None
+        try:
+            import datasets
+
+            if isinstance(dataset, datasets.Dataset) and args.length_column_name in dataset.column_names:
+                lengths = dataset[args.length_column_name]
+        except ImportError:  # pragma: no cover
+            pass
+        return LengthGroupedSampler(
+            args.per_device_eval_batch_size,
+            dataset=dataset,
+            lengths=lengths,
+            model_input_name=model_input_name,
+            generator=torch.Generator().manual_seed(args.data_seed if args.data_seed is not None else args.seed),
+        )
+    return SequentialSampler(dataset)
+
+
+def eval_batch_sampler(sampler: Sampler[int], *, batch_size: int, drop_last: bool, world_size: int, rank: int) -> Any:
+    """The batches rank ``rank`` evaluates: accelerate's ``BatchSamplerShard`` with ``even_batches``.
+
+    Every rank gets the same number of full batches; the last ones are completed with samples
+    from the start, which ``EvalGather`` drops again (``gather_for_metrics``).
+    """
+    batches = BatchSampler(sampler, batch_size, drop_last)
+    if world_size <= 1:
+        return batches
+    from accelerate.data_loader import BatchSamplerShard
+
+    return BatchSamplerShard(batches, num_processes=world_size, process_index=rank, split_batches=False, even_batches=True)
+
+
+def shard_iterable(dataset: Any, *, batch_size: int, drop_last: bool, world_size: int, rank: int) -> Any:
+    """An unsized dataset read by every rank, each keeping its own ``batch_size`` slice of every ``world_size`` batches.
+
+    accelerate's ``IterableDatasetShard``: rank ``r`` trains on the same samples as with transformers'
+    default dispatching (rank 0 reads ``world_size`` batches and sends batch ``r`` to rank ``r``),
+    except that the end of the stream is completed from its start rather than by the dispatcher.
+    """
+    if world_size <= 1:
+        return dataset
+    from accelerate.data_loader import IterableDatasetShard
+
+    return IterableDatasetShard(dataset, batch_size=batch_size, drop_last=drop_last, num_processes=world_size, process_index=rank)
 
 
 class EvalGather:
     """Pad and gather evaluation tensors across ranks like accelerate's ``gather_for_metrics``.
 
     On one process both are the identity. With several processes, tensors are padded on dim 1 with
-    -100 to the largest length on any rank, gathered in rank order, and the samples that the
-    even-batches sharding duplicated at the end of the dataset are dropped from the last batch.
+    -100 to the largest length on any rank and gathered in rank order; in the dataloader's last
+    batch only the first ``len(dataset) % (batch_size * world_size)`` gathered samples are kept
+    (the rest are the samples ``eval_batch_sampler`` repeated to even the batches out).
     """
 
-    def __init__(self, strategy: Any, *, num_samples: int | None, batch_size: int) -> None:
+    def __init__(self, strategy: Any, *, num_samples: int | None, batch_size: int, drop_last: bool = False) -> None:
         self.strategy = strategy
         self.active = is_distributed(strategy)
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.seen = 0
-        self._remaining: int | None = None
+        total = batch_size * world_size(strategy)
+        # accelerate's GradientState.remainder: -1 when unknown or with drop_last
+        self.remainder = num_samples % total if num_samples is not None and not drop_last else -1
+        self._last = False
 
-    def begin_batch(self) -> None:
+    def begin_batch(self, is_last: bool = False) -> None:
         """Call once per eval batch, before its tensors are gathered."""
-        if self.num_samples is not None:
-            self._remaining = self.num_samples - self.seen
-            self.seen += self.batch_size * world_size(self.strategy)
+        self._last = is_last
 
     def pad(self, data: Any) -> Any:
         if not self.active:
             return data
-        from accelerate.utils import pad_across_processes
+        from accelerate.utils import recursively_apply
 
-        return pad_across_processes(data, dim=1, pad_index=-100)
+        return recursively_apply(_pad_across_ranks, data, error_on_other_type=True)
 
     def gather(self, data: Any) -> Any:
         if not self.active:
             return data
-        from accelerate.utils import gather, recursively_apply
+        from accelerate.utils import recursively_apply
 
-        gathered = gather(data)
-        remaining = self._remaining
-        if remaining is None or remaining >= self.batch_size * world_size(self.strategy):
-            return gathered
-        return recursively_apply(lambda t: t[: max(remaining, 0)], gathered)
+        gathered = recursively_apply(_gather_cat, data, error_on_other_type=True)
+        if self._last and self.remainder > 0:
+            remainder = self.remainder
+            return recursively_apply(lambda t: t[:remainder], gathered)
+        return gathered
 
-    @staticmethod
-    def steps(num_samples: int, batch_size: int, world: int) -> int:
-        return math.ceil(num_samples / (batch_size * world))
+
+# accelerate's `gather`/`pad_across_processes`, on torch.distributed directly: accelerate's versions
+# consult its global PartialState, which is not distributed in a process Lightning's launcher started.
+
+
+def _gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """All ranks' tensors concatenated on dim 0 in rank order (0-d tensors become 1-element rows)."""
+    if tensor.ndim == 0:
+        tensor = tensor.clone()[None]
+    tensor = tensor.contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, tensor)
+    return torch.cat(parts, dim=0)
+
+
+def _pad_across_ranks(tensor: torch.Tensor, dim: int = 1, pad_index: int = -100) -> torch.Tensor:
+    """Pad ``dim`` with ``pad_index`` to the largest size on any rank (a collective unless ``dim`` is absent)."""
+    if dim >= tensor.ndim:
+        return tensor
+    sizes = _gather_cat(torch.tensor(tensor.shape, device=tensor.device)[None]).cpu()
+    largest = int(sizes[:, dim].max())
+    if largest == tensor.shape[dim]:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = largest
+    padded = tensor.new_full(shape, pad_index)
+    padded.narrow(dim, 0, tensor.shape[dim]).copy_(tensor)
+    return padded

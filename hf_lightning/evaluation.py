@@ -46,8 +46,13 @@ def prediction_step(
     *,
     prediction_loss_only: bool,
     ignore_keys: Sequence[str],
+    reduce_count: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, Any, Any]:
-    """``Trainer.prediction_step``: ``(loss, logits, labels)`` of one batch, each possibly None."""
+    """``Trainer.prediction_step``: ``(loss, logits, labels)`` of one batch, each possibly None.
+
+    ``reduce_count`` sums the batch's label count over ranks (``average_tokens_across_devices``),
+    a collective, as ``_get_num_items_in_batch`` does in evaluation too.
+    """
     has_labels = len(settings.label_names) > 0 and all(inputs.get(k) is not None for k in settings.label_names)
     return_loss = inputs.get("return_loss")
     if return_loss is None:
@@ -62,6 +67,8 @@ def prediction_step(
     with torch.no_grad():
         if has_labels or loss_without_labels:
             num_items = count_items([inputs], settings.loss)
+            if num_items is not None and reduce_count is not None:
+                num_items = reduce_count(num_items)
             loss, outputs = compute_loss(model, inputs, settings.loss, num_items_in_batch=num_items, return_outputs=True)
             loss = loss.detach().mean()
             if isinstance(outputs, Mapping):
@@ -135,8 +142,10 @@ class EvalAccumulator:
             self._observed += observed
         batch_size = observed if observed is not None else self.eval_batch_size
         keep = self.keep_predictions
+        losses = None
         if loss is not None:
-            self._losses.add(self.gather(loss.repeat(batch_size)))
+            losses = self.gather(loss.repeat(batch_size))
+            self._losses.add(losses)
         inputs_decode = None
         if "inputs" in self.include_for_metrics and main_input is not None:
             inputs_decode = self.gather(self.pad(main_input))
@@ -158,7 +167,7 @@ class EvalAccumulator:
         if self.batch_eval_metrics:
             if self.compute_metrics is not None and logits is not None and labels is not None:
                 kwargs = {
-                    "losses": loss if "loss" in self.include_for_metrics else None,
+                    "losses": losses if "loss" in self.include_for_metrics else None,
                     "inputs": inputs if "inputs" in self.include_for_metrics else None,
                 }
                 self._metrics = self.compute_metrics(

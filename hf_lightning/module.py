@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -76,7 +77,6 @@ class HFModule(pl.LightningModule):
             raise TypeError(f"`model` must be a torch.nn.Module (a transformers PreTrainedModel), got {type(model).__name__}.")
         if not isinstance(args, TrainingArguments):
             raise TypeError(f"`args` must be a transformers.TrainingArguments, got {type(args).__name__}.")
-        _check_not_base_model(model)
         self.automatic_optimization = False
         self.model = model
         self.args = args
@@ -97,7 +97,6 @@ class HFModule(pl.LightningModule):
         self.strict_loading = False
         self.train_plan: TrainPlan | None = None
         self.hf_events: Callable[[str], Any] | None = None
-        self.group_interrupted = False
         self.eval_prefix = "eval"
         self.eval_ignore_keys: list[str] | None = None
         self.model_preparation_time: float | None = None
@@ -107,6 +106,9 @@ class HFModule(pl.LightningModule):
         self._num_params_for_flos: int | None = None
         self._neftune_handle: Any = None
         self._pending_checkpoint: dict[str, Any] | None = None
+        self.stepped = True
+        self._created_optimizer: torch.optim.Optimizer | None = None
+        """Whether the last training batch ended with an optimizer step."""
 
     # ------------------------------------------------------------------------------ settings
 
@@ -134,17 +136,30 @@ class HFModule(pl.LightningModule):
     # --------------------------------------------------------------------------------- setup
 
     @override
+    def on_fit_start(self) -> None:
+        # Train mode before Lightning's fit loop looks (it warns about eval-mode modules, which is what
+        # from_pretrained returns); training_step sets it again each step, as transformers does.
+        self.model.train()
+
+    @override
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
         args = self.args
-        if args.activation_checkpointing or getattr(args, "gradient_checkpointing", False):
-            kwargs = dict(args.activation_checkpointing_kwargs or args.gradient_checkpointing_kwargs or {})
-            enable = getattr(self.model, "activation_checkpointing_enable", None) or getattr(self.model, "gradient_checkpointing_enable")
-            try:
-                enable(activation_checkpointing_kwargs=kwargs or None)
-            except TypeError:
-                enable(gradient_checkpointing_kwargs=kwargs or None)
+        if args.activation_checkpointing:
+            # Trainer.train: `every_n_layers` and `offload` are options of the method, the rest goes to checkpoint().
+            kwargs = dict(args.activation_checkpointing_kwargs or {})
+            every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs=kwargs or None, every_n_layers=every_n_layers, offload=offload
+                )
+            else:  # models that only define the deprecated name (transformers keeps this fallback until v6)
+                self.model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs=kwargs or None, every_n_layers=every_n_layers, offload=offload
+                )
+        if self.processing_class is not None and hasattr(self.model, "config"):
+            _align_special_tokens(self.model, self.processing_class)
         if args.neftune_noise_alpha is not None and self._neftune_handle is None:
             from transformers.integrations.neftune import activate_neftune
 
@@ -200,10 +215,13 @@ class HFModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
+        _check_trainable(self.model, self.compute_loss_func)
         self.train_plan = self.compute_train_plan()
         optimizer = self.user_optimizer
+        if optimizer is None and self._created_optimizer is not None and _owns_parameters(self.model, self._created_optimizer):
+            optimizer = self._created_optimizer  # transformers keeps its optimizer (and its state) for a second train()
         if optimizer is None:
-            optimizer = create_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
+            optimizer = self._created_optimizer = create_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
         scheduler = self.user_scheduler
         if scheduler is None:
             scheduler = create_scheduler(optimizer, self.args, self.train_plan.max_steps)
@@ -255,7 +273,6 @@ class HFModule(pl.LightningModule):
     @override
     def training_step(self, batch: Any, batch_idx: int) -> None:
         group = batch if isinstance(batch, MicroBatchGroup) else [batch]
-        self.group_interrupted = False
         # transformers.Trainer.training_step calls model.train(); Lightning leaves modes alone, and
         # from_pretrained returns a model in eval mode (dropout off).
         self.model.train()
@@ -266,13 +283,21 @@ class HFModule(pl.LightningModule):
             num_items = distributed.reduce_sum(strategy, num_items)
         scaled = loss_is_scaled_for_ga(settings, num_items)
         steps_since_log = self.trainer.global_step - self.last_logged_step
+        # transformers on unsized data: a group cut short by the end of the iterator is not a sync step; its
+        # gradients and loss carry over into the first optimizer step of the next pass.
+        plan = self.train_plan
+        carries_over = plan is not None and plan.micro_batches_per_epoch is None and len(group) < self.args.gradient_accumulation_steps
+        self.stepped = not carries_over
         last = len(group) - 1
+        empty_every = self.args.torch_empty_cache_steps
         for i, micro in enumerate(group):
             with distributed.gradient_sync(strategy, self, enabled=i == last):
                 loss = compute_loss(self.model, micro, settings, num_items_in_batch=num_items)
                 if not scaled:
                     loss = loss / len(group)
                 self.manual_backward(loss)
+            if empty_every is not None and self.trainer.global_step % empty_every == 0:
+                _clear_device_cache()  # Trainer.training_step, after each backward
             step_loss = loss.detach()
             if self._tr_loss is None:
                 self._tr_loss = torch.zeros((), device=step_loss.device, dtype=torch.float32)
@@ -283,12 +308,13 @@ class HFModule(pl.LightningModule):
             else:
                 self._tr_loss = self._tr_loss + step_loss
             self._track_inputs(micro)
-            if i < last:
+            if i < last or carries_over:
                 control = self._events("on_substep_end")
                 if control is not None and (control.should_epoch_stop or control.should_training_stop):
-                    # transformers breaks out of the group here, without an optimizer step (§8).
-                    self.group_interrupted = True
+                    self.stepped = False  # transformers breaks out of the group here, without an optimizer step (§8)
                     return
+        if carries_over:
+            return
         optimizer = self.optimizers()
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale_before = scaler.get_scale() if scaler is not None else None
@@ -302,9 +328,6 @@ class HFModule(pl.LightningModule):
         if scheduler is not None and not plateau and not skipped:
             scheduler.step()
         optimizer.zero_grad()
-        empty_every = self.args.torch_empty_cache_steps
-        if empty_every and (self.trainer.global_step % empty_every == 0) and torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -323,7 +346,9 @@ class HFModule(pl.LightningModule):
         else:
             value = self._tr_loss
         value = distributed.reduce_mean(self.trainer.strategy, value.float())
-        self._tr_loss = torch.zeros_like(value) if self._tr_loss is not None else None
+        if self._tr_loss is not None:
+            # transformers resets with `tr_loss -= tr_loss`: a NaN (filter off) stays NaN for the rest of the run.
+            self._tr_loss = self._tr_loss - self._tr_loss
         self.last_logged_step = self.trainer.global_step
         return float(value.item())
 
@@ -399,8 +424,16 @@ class HFModule(pl.LightningModule):
         else:
             loss_only = args.prediction_loss_only
             keep = True
+        if args.eval_use_gather_object and self.trainer.world_size > 1:
+            raise ValueError(
+                "`eval_use_gather_object=True` with several processes is not supported yet: evaluation outputs are "
+                "gathered as tensors. Return tensors from the model, or evaluate on one process."
+            )
         gather = distributed.EvalGather(
-            self.trainer.strategy, num_samples=self._dataset_len(stage, index), batch_size=args.per_device_eval_batch_size
+            self.trainer.strategy,
+            num_samples=self._dataset_len(stage, index),
+            batch_size=args.per_device_eval_batch_size,
+            drop_last=args.dataloader_drop_last,
         )
         accumulator = EvalAccumulator(
             prefix=prefix,
@@ -428,17 +461,41 @@ class HFModule(pl.LightningModule):
         prefix, accumulator, gather = self._eval_run(stage, dataloader_idx)
         settings = PredictionSettings(label_names=self.label_names, can_return_loss=self.can_return_loss, loss=self.loss_settings)
         ignore = self.eval_ignore_keys if self.eval_ignore_keys is not None else default_ignore_keys(self.model)
+        reduce_count = partial(distributed.reduce_sum, self.trainer.strategy) if settings.loss.average_tokens_across_devices else None
         loss, logits, labels = prediction_step(
-            self.model, batch, settings, prediction_loss_only=accumulator.prediction_loss_only, ignore_keys=ignore  # type: ignore[attr-defined]
+            self.model, batch, settings, prediction_loss_only=accumulator.prediction_loss_only, ignore_keys=ignore, reduce_count=reduce_count  # type: ignore[attr-defined]
         )
         if self.metrics is not None and logits is not None and labels is not None:
             self.update_torchmetrics(dataloader_idx, logits, labels)
             if accumulator.torchmetrics_only:  # type: ignore[attr-defined]
                 logits = labels = None
         main_input = batch.get(self.main_input_name) if isinstance(batch, Mapping) else None
-        gather.begin_batch()
         is_last = batch_idx + 1 >= self._num_batches(stage, dataloader_idx)
+        gather.begin_batch(is_last)
         accumulator.add(batch, loss, logits, labels, main_input=main_input, is_last=is_last)
+
+    @override
+    def on_validation_model_zero_grad(self) -> None:
+        # Lightning clears gradients before a validation inside training; transformers does not. They are
+        # already None after every optimizer step; only a carried-over short group (unsized data) has some.
+        pass
+
+    @override
+    def on_validation_start(self) -> None:
+        self._cast_for_full_eval()
+
+    @override
+    def on_test_start(self) -> None:
+        self._cast_for_full_eval()
+
+    def _cast_for_full_eval(self) -> None:
+        # Trainer.evaluation_loop outside train(): fp16/bf16_full_eval cast the model itself (it stays cast).
+        if self.trainer.state.fn == "fit":
+            return
+        dtype = torch.float16 if self.args.fp16_full_eval else torch.bfloat16 if self.args.bf16_full_eval else None
+        if dtype is not None:
+            with torch.inference_mode(False):  # cast parameters must stay trainable if train() follows
+                self.model.to(dtype=dtype)
 
     @override
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -469,6 +526,16 @@ class HFModule(pl.LightningModule):
 
     # --------------------------------------------------------------------------- checkpoints
 
+    def save_model(self, output_dir: str) -> None:
+        """Export the model like ``transformers.Trainer.save_model``: weights and config, tokenizer, ``training_args.bin``.
+
+        ``from_pretrained(output_dir)`` loads the result. Under several processes call it on every
+        rank (the full state is gathered); rank 0 writes.
+        """
+        from .callbacks.checkpoint import export_model
+
+        export_model(self._trainer, self, str(output_dir))
+
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         datamodule = self._trainer.datamodule if self._trainer is not None else None
@@ -483,8 +550,11 @@ class HFModule(pl.LightningModule):
         extras = checkpoint.get(HF_CHECKPOINT_KEY)
         if not extras or "source_dir" not in extras:
             return
-        from .hf_format import CheckpointError
+        from .hf_format import CheckpointError, load_adapter_into
 
+        if extras.get("adapter_weights") is not None:
+            load_adapter_into(self.model, extras["adapter_weights"])
+            checkpoint["state_dict"] = self.state_dict()  # what Lightning restores next: the model as it now is
         state_dict = checkpoint["state_dict"]
         expected = self.state_dict()
         missing = [k for k in expected if k not in state_dict]
@@ -501,13 +571,16 @@ class HFModule(pl.LightningModule):
                 f"missing {[k.removeprefix('model.') for k in missing][:10]}{' ...' if len(missing) > 10 else ''}, "
                 f"unexpected {[k.removeprefix('model.') for k in unexpected][:10]}{' ...' if len(unexpected) > 10 else ''}."
             )
-        for key, value in state_dict.items():
-            target = expected.get(key)
-            if target is not None and tuple(target.shape) != tuple(value.shape):
-                raise CheckpointError(
-                    f"{weights}: `{key.removeprefix('model.')}` has shape {tuple(value.shape)} in the checkpoint "
-                    f"but {tuple(target.shape)} in the model."
-                )
+        mismatched = [
+            f"`{key.removeprefix('model.')}` {tuple(value.shape)} in the checkpoint, {tuple(expected[key].shape)} in the model"
+            for key, value in state_dict.items()
+            if key in expected and tuple(expected[key].shape) != tuple(value.shape)
+        ]
+        if mismatched:
+            raise CheckpointError(
+                f"{weights}: the weights do not fit {type(self.model).__name__}, {len(mismatched)} shapes differ: "
+                + "; ".join(mismatched[:10]) + (" ..." if len(mismatched) > 10 else "")
+            )
         if "optimizer_states" not in checkpoint or "lr_schedulers" not in checkpoint:
             self._pending_checkpoint = checkpoint
             if self._trainer is not None and self.trainer.optimizers:
@@ -521,6 +594,20 @@ class HFModule(pl.LightningModule):
             return
         checkpoint["optimizer_states"] = [optimizer.state_dict()]
         checkpoint["lr_schedulers"] = [scheduler.state_dict()] if scheduler is not None else []
+
+
+def _owns_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """The optimizer still points at the model's parameters (not replaced by a sharding strategy)."""
+    params = {id(p) for p in model.parameters()}
+    return all(id(p) in params for group in optimizer.param_groups for p in group["params"])
+
+
+def _clear_device_cache() -> None:
+    from accelerate.utils.memory import clear_device_cache
+
+    clear_device_cache()
+    if torch.backends.mps.is_available() and hasattr(torch.mps, "clear_graph_cache"):
+        torch.mps.clear_graph_cache()
 
 
 def _yields_groups(loader: Any) -> bool:
@@ -542,11 +629,28 @@ def _tied_keys(model: nn.Module, prefix: str = "") -> dict[str, str]:
     return tied
 
 
-def _check_not_base_model(model: nn.Module) -> None:
+def _align_special_tokens(model: nn.Module, processing_class: Any) -> None:
+    # transformers' train() aligns the model/generation config's pad/bos/eos ids with the tokenizer's.
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+    from transformers.trainer_utils import align_special_tokens
+
+    if isinstance(processing_class, (PreTrainedTokenizerBase, ProcessorMixin)):
+        align_special_tokens(model, processing_class)
+
+
+def _check_trainable(model: nn.Module, compute_loss_func: Callable | None) -> None:
+    """A headless base model (``BertModel``) returns no loss: refuse to train it before the first step.
+
+    Checked when training starts, not at construction, so such a model can still ``predict()``/``evaluate()``
+    and can train with a ``compute_loss_func`` (transformers' own class-name check never matches, so it
+    would fail at the first step instead).
+    """
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
-    if model.__class__.__name__ in MODEL_MAPPING_NAMES.values():
+    inspected = unwrap_peft_model(model)
+    if compute_loss_func is None and inspected.__class__.__name__ in MODEL_MAPPING_NAMES.values():
         raise ValueError(
-            f"The model you have picked ({model.__class__.__name__}) only computes hidden states and does not accept "
-            "labels, so it can't be trained as is. Choose a model with a head, such as an `AutoModelForXxx` class."
+            f"The model you have picked ({inspected.__class__.__name__}) only computes hidden states and does not "
+            "accept labels, so it can't be trained as is. Choose a model with a head, such as an `AutoModelForXxx` "
+            "class, or pass a `compute_loss_func`."
         )

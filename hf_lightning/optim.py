@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import Trainer as _HFTrainer
 from transformers import TrainingArguments, get_scheduler
+from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_pt_utils import get_parameter_names
 
 __all__ = ["decay_parameter_names", "parameter_groups", "create_optimizer", "create_scheduler", "is_plateau_scheduler"]
@@ -50,6 +51,9 @@ def create_optimizer(
         except ValueError as error:
             raise ValueError(f"`optim={args.optim!r}`: {error}") from error
     optimizer_kwargs = dict(optimizer_kwargs)
+    if is_optimizer_factory(optimizer_cls):
+        # Muon/Dion-style factories split the parameters themselves (Trainer.create_optimizer does the same).
+        return optimizer_cls()(model, **optimizer_kwargs)
     # Some transformers handlers build their own parameter list (GaLore, LOMO, layer-wise optimizers).
     for key in ("params", "model", "optimizer_dict"):
         if key in optimizer_kwargs:

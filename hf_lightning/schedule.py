@@ -58,7 +58,7 @@ def plan_training(
     """Mirror ``Trainer.set_initial_training_values`` (§4.1).
 
     Args:
-        max_steps: ``args.max_steps`` (``<= 0`` means "count epochs").
+        max_steps: ``args.max_steps`` (negative means "count epochs").
         num_train_epochs: ``args.num_train_epochs``, fractional values allowed.
         gradient_accumulation_steps: ``args.gradient_accumulation_steps``.
         per_device_train_batch_size: the per-device micro-batch size.
@@ -70,12 +70,12 @@ def plan_training(
     total_train_batch_size = per_device_train_batch_size * ga * world_size
     if micro_batches_per_epoch is not None and micro_batches_per_epoch > 0:
         updates_per_epoch = max(micro_batches_per_epoch // ga + int(micro_batches_per_epoch % ga > 0), 1)
+        # transformers counts epochs only for a negative max_steps; max_steps=0 keeps 0 steps.
+        total_steps = math.ceil(num_train_epochs * updates_per_epoch) if max_steps < 0 else max_steps
         if max_steps > 0:
-            total_steps = max_steps
             epochs = total_steps // updates_per_epoch + int(total_steps % updates_per_epoch > 0)
             num_train_samples: float = total_steps * total_train_batch_size
         else:
-            total_steps = math.ceil(num_train_epochs * updates_per_epoch)
             epochs = math.ceil(num_train_epochs)
             num_train_samples = (num_examples or 0) * num_train_epochs
         return TrainPlan(

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from transformers import TrainerState
-from transformers.trainer_utils import speed_metrics
+from transformers.trainer_utils import TrainerMemoryTracker, speed_metrics
 
 __all__ = [
     "TrainerState",
@@ -25,6 +25,7 @@ __all__ = [
     "append_log",
     "update_best_metric",
     "eval_speed_metrics",
+    "MemoryTracker",
 ]
 
 
@@ -148,3 +149,35 @@ def update_best_metric(
             state.best_global_step = state.global_step
         return True
     return False
+
+
+class MemoryTracker(TrainerMemoryTracker):
+    """transformers' ``TrainerMemoryTracker`` with the stage named by the caller.
+
+    transformers derives the stage (init/train/eval/test) from the calling method's name, which only
+    works inside ``transformers.Trainer``; the keys, their order and the init-keys-go-first rule stay
+    transformers' own.
+    """
+
+    def __init__(self, skip_memory_metrics: bool) -> None:
+        super().__init__(skip_memory_metrics)
+        self._stage = "init"
+
+    def derive_stage(self) -> str:
+        return self._stage
+
+    def begin(self, stage: str) -> None:
+        """Start measuring ``stage`` (ignored while another stage, e.g. train around an eval, runs)."""
+        if self.skip_memory_metrics:
+            return
+        self._stage = stage
+        self.start()
+
+    def end(self, stage: str, metrics: dict[str, Any] | None = None) -> None:
+        """Stop ``stage`` and add its ``{stage}_mem_*`` keys (and the init ones, the first time) to ``metrics``."""
+        if self.skip_memory_metrics:
+            return
+        if "init" not in self.cpu and self.cur_stage != "init":
+            self.init_reported = True  # no facade __init__ was measured (build_trainer path)
+        self._stage = stage
+        self.stop_and_update_metrics(metrics)

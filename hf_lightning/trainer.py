@@ -8,25 +8,27 @@ transformers.Trainer's constructor and methods; it has no loop of its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PredictionOutput, TrainOutput, enable_full_determinism, set_seed
 
-from . import hf_format
-from .arguments import LIGHTNING_LOGGERS, precision_for, resolve_report_to, trainer_limits, validate_arguments
-from .callbacks.checkpoint import HFCheckpoint, export_model
+from . import distributed, hf_format
+from .arguments import LIGHTNING_LOGGERS, precision_for, process_log_level, resolve_report_to, trainer_limits, validate_arguments
+from .callbacks.checkpoint import HFCheckpoint, export_model, install_checkpoint_connector
 from .callbacks.flow import HFFlowCallback
+from .callbacks.progress import HFProgressBar
 from .checkpoint_io import HFCheckpointIO
 from .data import HFDataModule
 from .module import HFModule
+from .state import MemoryTracker
 
 __all__ = ["build_trainer", "Trainer", "make_loggers"]
 
@@ -77,29 +79,13 @@ def _seed(args: TrainingArguments) -> None:
         set_seed(args.seed)
 
 
-def _ddp_strategy(args: TrainingArguments) -> Any:
-    from datetime import timedelta
-
-    from lightning.pytorch.strategies import DDPStrategy
-
-    kwargs: dict[str, Any] = {}
-    if args.ddp_find_unused_parameters is not None:
-        kwargs["find_unused_parameters"] = args.ddp_find_unused_parameters
-    if args.ddp_bucket_cap_mb is not None:
-        kwargs["bucket_cap_mb"] = args.ddp_bucket_cap_mb
-    if args.ddp_broadcast_buffers is not None:
-        kwargs["broadcast_buffers"] = args.ddp_broadcast_buffers
-    if args.ddp_static_graph is not None:
-        kwargs["static_graph"] = args.ddp_static_graph
-    return DDPStrategy(process_group_backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout), **kwargs)
-
-
 def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     """A ``lightning.Trainer`` configured from transformers ``TrainingArguments``.
 
     Args:
         args: the TrainingArguments of the run.
         overrides: ``lightning.Trainer`` keyword arguments (strategy, devices, accelerator, plugins, ...).
+            ``async_save=True`` writes checkpoints in a background thread (see ``HFCheckpoint``).
             ``callbacks`` are appended after the hf_lightning ones; transformers ``TrainerCallback``s
             among them run through the callback bridge. ``plugins`` are added to ``HFCheckpointIO``.
     """
@@ -108,7 +94,6 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     if args.tf32 is not None and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
         torch.backends.cudnn.allow_tf32 = bool(args.tf32)
-    _set_log_levels(args)
     extra_callbacks = list(overrides.pop("callbacks", None) or [])
     hf_callbacks = [cb for cb in extra_callbacks if _is_trainer_callback(cb)]
     pl_callbacks = [cb for cb in extra_callbacks if not _is_trainer_callback(cb)]
@@ -120,14 +105,13 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     flow_state = overrides.pop("hf_state", None)
     loggers, integrations = make_loggers(args)
     flow = HFFlowCallback(args, callbacks=[*integrations, *hf_callbacks], state=flow_state)
-    checkpoint = HFCheckpoint(args)
+    checkpoint = HFCheckpoint(args, async_save=overrides.pop("async_save", False))
     plugins = overrides.pop("plugins", None) or []
     plugins = plugins if isinstance(plugins, list) else [plugins]
     if not any(isinstance(p, HFCheckpointIO) or type(p).__name__.endswith("CheckpointIO") for p in plugins):
         plugins = [HFCheckpointIO(), *plugins]
     kwargs: dict[str, Any] = {
         "default_root_dir": str(args.output_dir),
-        "precision": precision_for(args),
         "logger": loggers if loggers else False,
         "callbacks": [flow, checkpoint, *pl_callbacks],
         "plugins": plugins,
@@ -137,6 +121,8 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
         "use_distributed_sampler": False,
         "check_val_every_n_epoch": 1,
         "log_every_n_steps": 1,
+        # transformers evaluates under torch.no_grad(): tensors a model caches while evaluating stay usable in training
+        "inference_mode": False,
         **trainer_limits(args),
     }
     if args.use_cpu:
@@ -144,31 +130,43 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     if args.full_determinism:
         kwargs["deterministic"] = True
     kwargs.update(overrides)
-    if "strategy" not in overrides and _wants_several_devices(kwargs):
-        kwargs["strategy"] = _ddp_strategy(args)
-    return pl.Trainer(**kwargs)
+    kwargs.setdefault("precision", precision_for(args, _device_type(kwargs.get("accelerator", "auto"))))
+    if kwargs["enable_progress_bar"] and not any(isinstance(cb, ProgressBar) for cb in pl_callbacks):
+        kwargs["callbacks"].append(HFProgressBar())
+    strategy = distributed.resolve_strategy(args, kwargs)
+    if strategy is not None:
+        kwargs["strategy"] = strategy
+    trainer = pl.Trainer(**kwargs)
+    distributed.prepare_launcher(trainer)
+    install_checkpoint_connector(trainer)
+    set_process_log_level(args, trainer)  # again in HFFlowCallback.setup, where spawned ranks are known
+    return trainer
 
 
-def _wants_several_devices(kwargs: dict[str, Any]) -> bool:
-    devices = kwargs.get("devices", "auto")
-    if isinstance(devices, int):
-        return devices > 1 or devices == -1
-    if isinstance(devices, (list, tuple)):
-        return len(devices) > 1
-    if devices in ("-1",):
-        return True
-    return False
+def _device_type(accelerator: Any) -> str:
+    """"cpu" when the run will be on CPU (asked for, or "auto" with no GPU), else the accelerator's device type."""
+    if isinstance(accelerator, str):
+        if accelerator == "auto":
+            if torch.cuda.is_available():
+                return "cuda"
+            if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+                return "mps"
+            return "cpu"
+        return {"gpu": "cuda"}.get(accelerator, accelerator)
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    return "cpu" if isinstance(accelerator, CPUAccelerator) else "cuda"
 
 
 def _is_trainer_callback(callback: Any) -> bool:
     return isinstance(callback, TrainerCallback) or (isinstance(callback, type) and issubclass(callback, TrainerCallback))
 
 
-def _set_log_levels(args: TrainingArguments) -> None:
+def set_process_log_level(args: TrainingArguments, trainer: pl.Trainer) -> None:
+    """transformers' verbosity for this process, as ``Trainer.__init__`` sets it (``log_level``/``log_level_replica``)."""
     from transformers.utils import logging as hf_logging
 
-    level = args.get_process_log_level()
-    hf_logging.set_verbosity(level)
+    hf_logging.set_verbosity(process_log_level(args, global_rank=trainer.global_rank, local_rank=trainer.local_rank))
 
 
 def _find(trainer: pl.Trainer, cls: type) -> Any:
@@ -233,6 +231,8 @@ class Trainer:
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
         )
         self.args = args
+        self._memory = MemoryTracker(args.skip_memory_metrics)
+        self._memory.begin("init")
         self.module = HFModule(
             model,
             args,
@@ -258,13 +258,17 @@ class Trainer:
         self.lightning_trainer = self._build()
         if args.should_save:
             os.makedirs(args.output_dir, exist_ok=True)
+        self._memory.end("init")
 
     def _build(self) -> pl.Trainer:
         kwargs = dict(self._lightning_kwargs)
         user_callbacks = list(kwargs.pop("callbacks", None) or [])
-        trainer = build_trainer(self.args, callbacks=[*self.callbacks, *user_callbacks], hf_state=self._state, **kwargs)
+        kwargs.setdefault("enable_model_summary", False)  # transformers prints no model table
+        with _lightning_info_muted():
+            trainer = build_trainer(self.args, callbacks=[*self.callbacks, *user_callbacks], hf_state=self._state, **kwargs)
         first_build = not hasattr(self, "flow")
         self.flow: HFFlowCallback = _find(trainer, HFFlowCallback)
+        self.flow.memory = self._memory
         self.flow.init_end(self.module.model, self.module.processing_class, fire=first_build)
         return trainer
 
@@ -302,9 +306,20 @@ class Trainer:
     def callback_handler(self) -> Any:
         return self.flow.handler
 
+    # transformers' helpers for scripts (run_glue & co): `***** train metrics *****`, `{split}_results.json`, ...
+    from transformers.trainer_pt_utils import get_num_trainable_parameters, log_metrics, metrics_format, save_metrics
+
     def add_callback(self, callback: Any) -> None:
         """Add a transformers TrainerCallback (instance or class) after the existing ones."""
         self.flow.add_callback(callback)
+
+    def pop_callback(self, callback: Any) -> Any:
+        """Remove a TrainerCallback (instance or class) and return it, like ``transformers.Trainer.pop_callback``."""
+        return self.flow.handler.pop_callback(callback)
+
+    def remove_callback(self, callback: Any) -> None:
+        """Remove a TrainerCallback (instance or class), like ``transformers.Trainer.remove_callback``."""
+        self.flow.handler.remove_callback(callback)
 
     def is_world_process_zero(self) -> bool:
         return self.lightning_trainer.is_global_zero
@@ -327,7 +342,8 @@ class Trainer:
             self._state = None
             self.lightning_trainer = self._build()
         self._trained = True
-        self.lightning_trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=resume_from_checkpoint)
+        with _lightning_info_muted():
+            self.lightning_trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=resume_from_checkpoint)
         output = self.flow.last_train_output
         if output is None:
             raise RuntimeError("Training ended without a summary (was it interrupted?).")
@@ -340,40 +356,41 @@ class Trainer:
         dataset = eval_dataset if eval_dataset is not None else self.datamodule.eval_dataset
         if dataset is None:
             raise ValueError("Trainer: evaluation requires an eval_dataset.")
-        if not self._trained and self.module.model_preparation_time is None:
-            self.module.model_preparation_time = 0.0
-        self._cast_for_full_eval()
+        self._prepare_for_eval()
         previous = self.datamodule.eval_dataset
         self.datamodule.eval_dataset = dataset
         self.module.eval_prefix, self.module.eval_ignore_keys = metric_key_prefix, ignore_keys
-        started = time.time()
+        self._memory.begin("eval")
         try:
-            self.lightning_trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
+            with _lightning_info_muted():
+                self.lightning_trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
         finally:
             self.datamodule.eval_dataset = previous
             self.module.eval_prefix, self.module.eval_ignore_keys = "eval", None
-        del started
-        return dict(self.flow.last_eval_metrics)
+        metrics = dict(self.flow.last_eval_metrics)
+        self._memory.end("eval", metrics)  # after the log, like transformers: returned, not logged
+        return metrics
 
     def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test") -> PredictionOutput:
         """Predictions, labels and ``test_*`` metrics for ``test_dataset`` (not logged, like transformers)."""
-        self._cast_for_full_eval()
+        self._prepare_for_eval()
         self.datamodule.test_dataset = test_dataset
         self.module.test_prefix, self.module.eval_ignore_keys = metric_key_prefix, ignore_keys
+        self._memory.begin("test")
         try:
-            self.lightning_trainer.test(self.module, datamodule=self.datamodule, verbose=False)
+            with _lightning_info_muted():
+                self.lightning_trainer.test(self.module, datamodule=self.datamodule, verbose=False)
         finally:
             self.module.eval_ignore_keys = None
         _, result = self.flow.last_predictions[0]
+        self._memory.end("test", result.metrics)
         return PredictionOutput(predictions=result.predictions, label_ids=result.label_ids, metrics=result.metrics)
 
-    def _cast_for_full_eval(self) -> None:
-        if self._trained:
-            return
-        if self.args.fp16_full_eval:
-            self.module.model.to(dtype=torch.float16)
-        elif self.args.bf16_full_eval:
-            self.module.model.to(dtype=torch.bfloat16)
+    def _prepare_for_eval(self) -> None:
+        # transformers prepares the model in the first evaluation_loop run before any train() and from
+        # then on reports `{prefix}_model_preparation_time` in every evaluate()/predict() of that Trainer.
+        if not self._trained and self.module.model_preparation_time is None:
+            self.module.model_preparation_time = 0.0
 
     # ------------------------------------------------------------------------------- save
 
@@ -388,6 +405,22 @@ class Trainer:
         if self.lightning_trainer.is_global_zero:
             os.makedirs(self.args.output_dir, exist_ok=True)
             hf_format.write_trainer_state(self.flow.snapshot_state(), self.args.output_dir)
+
+
+@contextlib.contextmanager
+def _lightning_info_muted() -> Iterator[None]:
+    """Keep Lightning's INFO lines (hardware, tips, "fit stopped") off the console of the drop-in facade,
+    whose console shows what transformers.Trainer shows; Lightning's warnings still pass."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        if lg.getEffectiveLevel() < logging.WARNING:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _has_length(dataset: Any) -> bool | None:

@@ -65,6 +65,52 @@ def run_both(model_fn: Callable[[], torch.nn.Module], tmp_path, *, trainer_kwarg
     return tuple(results)
 
 
+def act_both(
+    model_fn: Callable[[], torch.nn.Module],
+    tmp_path,
+    action: Callable[[Any], Any],
+    *,
+    trainer_kwargs: dict[str, Any] | None = None,
+    **args: Any,
+):
+    """Build both trainers and run ``action(trainer)`` on each; return ``(hf, hl, hf_result, hl_result)``."""
+    trainers, results = [], []
+    for framework in ("hf", "hl"):
+        out = os.path.join(str(tmp_path), framework)
+        shutil.rmtree(out, ignore_errors=True)
+        trainer = build(framework, model_fn, out, trainer_kwargs=trainer_kwargs, **args)
+        results.append(action(trainer))
+        trainers.append(trainer)
+    return trainers[0], trainers[1], results[0], results[1]
+
+
+def assert_same_metrics(expected: dict, actual: dict, rel: float = 1e-4) -> None:
+    """Same keys in the same order, values within ``rel`` (timing keys only checked for presence)."""
+    assert list(expected) == list(actual), f"keys {list(expected)} != {list(actual)}"
+    for key in expected:
+        if any(t in key for t in TIMING):
+            continue
+        assert _close(expected[key], actual[key], rel), f"{key}: {expected[key]!r} != {actual[key]!r}"
+
+
+def assert_same_arrays(expected: Any, actual: Any, rel: float = 1e-4) -> None:
+    """Nested tuples/lists of numpy arrays: same structure, shapes, and values within ``rel``."""
+    import numpy as np
+
+    if expected is None or actual is None:
+        assert expected is None and actual is None, f"{type(expected)} != {type(actual)}"
+        return
+    if isinstance(expected, (tuple, list)):
+        assert isinstance(actual, (tuple, list)) and len(expected) == len(actual)
+        for e, a in zip(expected, actual):
+            assert_same_arrays(e, a, rel)
+        return
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    assert expected.shape == actual.shape, f"shape {expected.shape} != {actual.shape}"
+    assert expected.dtype == actual.dtype, f"dtype {expected.dtype} != {actual.dtype}"
+    np.testing.assert_allclose(actual, expected, rtol=rel, atol=1e-6)
+
+
 def _close(a: Any, b: Any, rel: float) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         if math.isnan(a) and math.isnan(b):

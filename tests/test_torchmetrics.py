@@ -78,12 +78,15 @@ def test_classification_metrics_match_compute_metrics(tmp_path):
 
 
 def test_predict_gives_test_metrics_and_predictions(tmp_path):
-    trainer = build("hl", TinyReg, tmp_path, trainer_kwargs=dict(metrics={"mse": MeanSquaredError()}))
-    output = trainer.predict(RegressionDataset(20, seed=3))
-    assert output.predictions.shape == (20,)
-    expected = float(((output.predictions - output.label_ids) ** 2).mean())
-    assert output.metrics["test_mse"] == pytest.approx(expected, rel=1e-5)
-    assert list(output.metrics)[:2] == ["test_loss", "test_mse"]
+    """``predict()``: ``test_*`` torchmetrics in the place transformers puts the equivalent compute_metrics keys."""
+    def mse(eval_pred):
+        return {"mse": float(((eval_pred.predictions - eval_pred.label_ids) ** 2).mean())}
+
+    hf = build("hf", TinyReg, tmp_path / "hf", trainer_kwargs=dict(compute_metrics=mse)).predict(RegressionDataset(20, seed=3))
+    hl = build("hl", TinyReg, tmp_path / "hl", trainer_kwargs=dict(metrics={"mse": MeanSquaredError()})).predict(RegressionDataset(20, seed=3))
+    assert hl.predictions.shape == (20,)
+    assert list(hl.metrics) == list(hf.metrics)
+    assert hl.metrics["test_mse"] == pytest.approx(hf.metrics["test_mse"], rel=1e-5)
 
 
 def test_torchmetrics_only_keeps_no_predictions(tmp_path, monkeypatch):

@@ -81,4 +81,4 @@ def write_tokenizer(folder: str | os.PathLike):
     vocab = os.path.join(folder, "vocab.txt")
     with open(vocab, "w") as f:
         f.write("\n".join(VOCAB) + "\n")
-    return BertTokenizerFast(vocab_file=vocab)
+    return BertTokenizerFast(vocab=vocab)  # transformers 5 ignores `vocab_file=` (every word became [UNK])

@@ -2,5 +2,6 @@
 
 from .checkpoint import HFCheckpoint
 from .flow import FlowDecisions, HFFlowCallback
+from .progress import HFProgressBar
 
-__all__ = ["HFFlowCallback", "HFCheckpoint", "FlowDecisions"]
+__all__ = ["HFFlowCallback", "HFCheckpoint", "FlowDecisions", "HFProgressBar"]

@@ -18,9 +18,9 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+from lightning.pytorch.trainer.states import TrainerFn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, ExportableState, PrinterCallback
 from typing_extensions import override
@@ -149,6 +149,9 @@ class HFFlowCallback(Callback):
         self._after_eval: str | None = None
         self._module: Any = None
         self._init_ended = False
+        self.memory = hf_state.MemoryTracker(args.skip_memory_metrics)
+        self.progress_metrics: dict[str, float] = {}
+        """The latest training ``loss`` and ``lr``, shown by ``HFProgressBar``."""
         self._reset_run_counters()
 
     # ------------------------------------------------------------------------------ plumbing
@@ -220,9 +223,19 @@ class HFFlowCallback(Callback):
         if self._use_printer() and not any(isinstance(cb, PrinterCallback) for cb in self.handler.callbacks):
             self.handler.add_callback(PrinterCallback)
         if stage == "fit":
+            _validate_fit(self.args, trainer, pl_module)
             install_epoch_loop(trainer)
+        from transformers.utils import logging as hf_logging
+
+        from ..arguments import process_log_level
+
+        hf_logging.set_verbosity(process_log_level(self.args, global_rank=trainer.global_rank, local_rank=trainer.local_rank))
         self.state.is_local_process_zero = trainer.local_rank == 0
         self.state.is_world_process_zero = trainer.global_rank == 0
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.memory.begin("train")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -269,6 +282,7 @@ class HFFlowCallback(Callback):
         self.handler.optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self.handler.lr_scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
         self.handler.train_dataloader = trainer.train_dataloader
+        self._log_run_texts(trainer, pl_module)
         self._event("on_train_begin")
         self._eval_on_start_pending = bool(args.eval_on_start)
 
@@ -301,9 +315,9 @@ class HFFlowCallback(Callback):
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if getattr(pl_module, "group_interrupted", False):
-            # A callback stopped the epoch/training between micro-batches: transformers breaks out
-            # before the optimizer step, straight to on_epoch_end.
+        if not getattr(pl_module, "stepped", True):
+            # no optimizer step (see HFModule.training_step): a short group at the end of unsized data, or a
+            # callback stopped the epoch/training between micro-batches; the epoch ends here, with its log/evaluate/save
             self._maybe_end_epoch(trainer, pl_module)
             return
         self.state.global_step = trainer.global_step
@@ -320,9 +334,11 @@ class HFFlowCallback(Callback):
         self._maybe_save(trainer, pl_module)
         self._maybe_end_epoch(trainer, pl_module)
 
-    def _epoch_ends(self) -> bool:
+    def _epoch_ends(self, trainer: pl.Trainer) -> bool:
         return (
             self._group_index >= self._updates_per_epoch
+            # unsized data: Lightning's prefetching fetcher knows the batch just run was the last one
+            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
             or self.state.global_step >= self.state.max_steps
             or self.control.should_training_stop
             or self.control.should_epoch_stop
@@ -330,7 +346,7 @@ class HFFlowCallback(Callback):
 
     def _maybe_end_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """transformers' ``on_epoch_end`` and its log/evaluate/save, when the step just done ended the epoch."""
-        if self._epoch_finished or not self._epoch_ends():
+        if self._epoch_finished or not self._epoch_ends(trainer):
             self._apply_stop(trainer)
             return
         self._epoch_finished = True
@@ -375,9 +391,20 @@ class HFFlowCallback(Callback):
         self._total_loss_scalar += loss
         self._store_flos(pl_module)
         self.hf_log(logs, trainer, start_time=self._start_time)
-        if trainer.progress_bar_callback is not None:
-            pl_module.log("loss", logs["loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
-            pl_module.log("lr", logs["learning_rate"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        self.progress_metrics = {"loss": logs["loss"], "lr": logs["learning_rate"]}
+
+    def _log_run_texts(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """What transformers' TensorBoardCallback writes at train begin: the args and the model config as text."""
+        if not trainer.is_global_zero:
+            return
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        config = getattr(getattr(pl_module, "model", None), "config", None)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("args", self.args.to_json_string())
+                if config is not None:
+                    logger.experiment.add_text("model_config", config.to_json_string())
 
     def _tracks_tokens(self) -> bool:
         return str(self.args.include_num_input_tokens_seen) not in ("no", "False")
@@ -389,7 +416,8 @@ class HFFlowCallback(Callback):
 
     def _sync_tokens(self) -> None:
         module = self._module
-        if self._tracks_tokens() and module is not None and module._trainer is not None and module.trainer.training:
+        # During fit, evaluation logs and checkpoints too carry every token trained so far (transformers counts per micro-batch).
+        if self._tracks_tokens() and module is not None and module._trainer is not None and module.trainer.state.fn == "fit":
             self.state.num_input_tokens_seen += module.pop_input_tokens()
 
     def hf_log(self, logs: dict[str, float], trainer: pl.Trainer | None = None, start_time: float | None = None) -> dict[str, Any]:
@@ -402,12 +430,22 @@ class HFFlowCallback(Callback):
             start_time=start_time,
             initial_num_input_tokens_seen=self._initial_tokens,
         )
-        self._event("on_log", logs=logs)
         if trainer is not None:
+            # where transformers' reporting integrations sit: before user callbacks and PrinterCallback (which pops total_flos)
             self._to_loggers(trainer, logs)
-            if not self._use_printer() and trainer.is_global_zero and trainer.progress_bar_callback is not None:
-                self._print_logs(logs)
+        self._event("on_log", logs=logs)
+        if trainer is not None and self._prints_like_progress_callback(trainer):
+            self._print_logs(logs)
         return logs
+
+    def _prints_like_progress_callback(self, trainer: pl.Trainer) -> bool:
+        # transformers' ProgressCallback writes log dicts only while its training bar exists (during train()).
+        return (
+            not self._use_printer()
+            and trainer.is_global_zero
+            and trainer.progress_bar_callback is not None
+            and trainer.state.fn == TrainerFn.FITTING
+        )
 
     def _to_loggers(self, trainer: pl.Trainer, logs: dict[str, Any]) -> None:
         from transformers.integrations.integration_utils import rewrite_logs
@@ -417,9 +455,20 @@ class HFFlowCallback(Callback):
             logger.log_metrics(scalars, step=self.state.global_step)
 
     @staticmethod
-    def _print_logs(logs: dict[str, Any]) -> None:
-        # transformers' ProgressCallback.on_log: floats as .4g, without total_flos, above the bar.
-        shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items() if k != "total_flos"}
+    def _print_logs(logs: dict[str, Any], max_str_len: int = 100) -> None:
+        # transformers' ProgressCallback.on_log: floats as .4g, long strings elided, no total_flos, above the bar.
+        shown: dict[str, Any] = {}
+        for key, value in logs.items():
+            if isinstance(value, str) and len(value) > max_str_len:
+                shown[key] = (
+                    f"[String too long to display, length: {len(value)} > {max_str_len}. "
+                    "Consider increasing `max_str_len` if needed.]"
+                )
+            elif isinstance(value, float):
+                shown[key] = f"{value:.4g}"
+            else:
+                shown[key] = value
+        shown.pop("total_flos", None)
         from tqdm.auto import tqdm
 
         tqdm.write(str(shown))
@@ -552,6 +601,7 @@ class HFFlowCallback(Callback):
                 "build it with hf_lightning.build_trainer or add hf_lightning.callbacks.HFCheckpoint."
             )
         self._store_flos(pl_module)
+        self._sync_tokens()  # transformers counts tokens per micro-batch, so a checkpoint's state has them all
         self.checkpointer.save(trainer, pl_module)
         self._event("on_save")
 
@@ -572,8 +622,7 @@ class HFFlowCallback(Callback):
             total_flos=self.state.total_flos,
             train_loss=train_loss,
         )
-        if not self.args.skip_memory_metrics:
-            metrics.update(_memory_metrics())
+        self.memory.end("train", metrics)
         self.hf_log(metrics, trainer)
         if self.checkpointer is not None:
             self.checkpointer.finish_training(trainer, pl_module, self.state)
@@ -633,6 +682,31 @@ def _nth_loader(loaders: Any, index: int) -> Any:
     return loaders
 
 
+def _validate_fit(args: TrainingArguments, trainer: pl.Trainer, pl_module: Any) -> None:
+    """The Trainer-level checks of ``validate_arguments`` on the Lightning path (``trainer.fit(HFModule, HFDataModule)``),
+    where the datasets and the module's functions are only known at fit time."""
+    from ..arguments import validate_arguments
+    from ..data import HFDataModule
+
+    datamodule = trainer.datamodule
+    if not isinstance(datamodule, HFDataModule):
+        return  # plain dataloaders: Lightning owns them
+    train = datamodule.train_dataset
+    try:
+        sized = None if train is None else (len(train) >= 0)
+    except TypeError:
+        sized = False
+    validate_arguments(
+        args,
+        has_train_dataset=train is not None,
+        train_dataset_has_length=sized,
+        has_eval_dataset=datamodule.eval_dataset is not None,
+        compute_metrics=getattr(pl_module, "compute_metrics", None),
+        optimizers=(getattr(pl_module, "user_optimizer", None), getattr(pl_module, "user_scheduler", None)),
+        optimizer_cls_and_kwargs=getattr(pl_module, "optimizer_cls_and_kwargs", None),
+    )
+
+
 def _state_dict(state: TrainerState) -> dict[str, Any]:
     import dataclasses
 
@@ -667,17 +741,3 @@ def _fast_forward_loops(trainer: pl.Trainer, global_step: int, epochs_trained: i
     steps = fit_loop.epoch_loop.manual_optimization.optim_step_progress.total
     steps.ready = steps.completed = global_step
     fit_loop.epoch_loop._batches_that_stepped = global_step
-
-
-def _memory_metrics() -> dict[str, int]:
-    metrics: dict[str, int] = {}
-    if torch.cuda.is_available():
-        metrics["train_mem_gpu_peaked_delta"] = int(torch.cuda.max_memory_allocated())
-    try:
-        import resource
-
-        metrics["train_mem_cpu_peaked_delta"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    except ImportError:  # pragma: no cover
-        pass
-    return metrics
-

@@ -1,0 +1,172 @@
+"""Run tiny cases in several processes with transformers.Trainer (``hf``) or hf_lightning (``hl``).
+
+Launched by the tests, never imported by them:
+
+    torchrun --standalone --nproc_per_node 2 tests/scripts/dist_run.py --framework hf --out DIR --case reg
+    python tests/scripts/dist_run.py --framework hl --devices 2 --out DIR --case reg --case reg:resume=4
+
+(the second form uses Lightning's own subprocess launcher). Each ``--case CASE[:resume=N][:strategy=S]``
+trains in ``DIR/<name>/out`` and writes, from rank 0, ``DIR/<name>/result.json`` (log_history, the
+files of every checkpoint) and the final weights through ``save_model`` in ``DIR/<name>/final``;
+every rank writes the micro-batches it trained on to ``DIR/<name>/batches_rank{r}.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))  # tests/
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # repository root
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+if os.environ.get("HLTRACE"):
+    exec(open(os.environ["HLTRACE"]).read())
+
+from dist_cases import get_case  # noqa: E402
+
+
+def parse_run(spec: str) -> dict:
+    case, *options = spec.split(":")
+    run = {"case": case, "resume": None, "strategy": "ddp", "name": case, "args": {}, "source": None}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "resume":
+            run["resume"] = int(value)
+        elif key == "strategy":
+            run["strategy"] = value
+        elif key == "name":
+            run["name"] = value
+        elif key == "source":  # folder holding the checkpoint-N to resume from
+            run["source"] = value
+        else:  # any other key=value is a TrainingArguments override (int/float/str)
+            run["args"][key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    if run["resume"] is not None and run["name"] == case:
+        run["name"] = f"{case}-resume{run['resume']}"
+    return run
+
+
+def make_strategy(name: str):
+    """hf_lightning's strategy for ``ddp``, ``fsdp2_{full,sharded}[_consolidated]``, ``fsdp_{full,sharded}`` (FSDP1, GPU)."""
+    if name == "ddp":
+        return None
+    from hf_lightning.distributed import FSDP2Strategy, FSDPStrategy
+
+    family, kind, *rest = name.split("_")
+    cls = {"fsdp2": FSDP2Strategy, "fsdp": FSDPStrategy}[family]
+    return cls(state_dict_type=kind, save_consolidated=rest == ["consolidated"])
+
+
+def transformers_fsdp_args(name: str, layer: str | None) -> dict:
+    """The same FSDP setting for transformers.Trainer (accelerate's plugin; GPU only)."""
+    if name == "ddp":
+        return {}
+    family, kind, *_ = name.split("_")
+    config = {"version": 2 if family == "fsdp2" else 1, "state_dict_type": f"{kind.upper()}_STATE_DICT"}
+    if layer:
+        config["transformer_layer_cls_to_wrap"] = [layer]
+    return {"fsdp": "full_shard auto_wrap", "fsdp_config": config}
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def run_one(framework: str, spec: dict, out: str, devices: int, source: str | None, device: str = "cpu") -> None:
+    from transformers import TrainingArguments
+
+    case = get_case(spec["case"], os.path.join(out, "_data"))
+    folder = os.path.join(out, spec["name"])
+    args = dict(output_dir=os.path.join(folder, "out"), report_to="none", disable_tqdm=True, use_cpu=device == "cpu", seed=42)
+    args.update(case.args)
+    args.update(spec["args"])
+    torch.manual_seed(0)
+    model = case.model_fn()
+    if framework == "hf":
+        layer = next(iter(getattr(model, "_no_split_modules", None) or []), None)
+        args.update(transformers_fsdp_args(spec["strategy"], layer))
+    seen: list = []
+
+    def record(module, a, kwargs):
+        if module.training:
+            value = kwargs.get(case.record_key, a[0] if a else None)
+            seen.append([[round(float(x), 4) for x in row] for row in value.reshape(value.shape[0], -1).tolist()])
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    if framework == "hf":
+        from transformers import Trainer
+
+        trainer = Trainer(model=model, args=TrainingArguments(**args), **case.trainer_kwargs)
+    else:
+        import hf_lightning
+
+        lightning = dict(enable_progress_bar=False, enable_model_summary=False, accelerator=device, devices=devices)
+        strategy = make_strategy(spec["strategy"])
+        if strategy is not None:
+            lightning["strategy"] = strategy
+        trainer = hf_lightning.Trainer(model=model, args=TrainingArguments(**args), **case.trainer_kwargs, **lightning)
+    resume = None
+    if spec["resume"] is not None:
+        base = spec["source"] or source or os.path.join(out, spec["case"], "out")
+        resume = os.path.join(base, f"checkpoint-{spec['resume']}")
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(os.path.join(folder, "final"))
+    evaluated = trainer.evaluate()
+    eval_dataset = case.trainer_kwargs.get("eval_dataset")
+    predicted = trainer.predict(eval_dataset) if eval_dataset is not None else None
+    r = rank()
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"batches_rank{r}.json"), "w") as f:
+        json.dump(seen, f)
+    if r == 0:
+        out_dir = args["output_dir"]
+        checkpoints = {
+            d: sorted(os.listdir(os.path.join(out_dir, d)))
+            for d in os.listdir(out_dir)
+            if d.startswith("checkpoint-")
+        }
+        with open(os.path.join(folder, "result.json"), "w") as f:
+            result = {"log_history": trainer.state.log_history, "checkpoints": checkpoints, "evaluate": evaluated}
+            if predicted is not None:
+                predictions = torch.as_tensor(predicted.predictions).double()
+                result["predict"] = {
+                    "metrics": predicted.metrics,
+                    "shape": list(predictions.shape),
+                    "sum": float(predictions.nan_to_num().sum()),
+                    "label_ids_shape": list(torch.as_tensor(predicted.label_ids).shape),
+                }
+            json.dump(result, f, indent=1)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--framework", choices=["hf", "hl"], required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--case", dest="run", action="append", required=True)
+    parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--source", default=None, help="folder holding the checkpoints to resume from")
+    parser.add_argument("--compat", default=None, help="NAME_SHARDED,NAME_FULL: then check accelerate's FSDP loaders on their checkpoint-3")
+    options = parser.parse_args()
+    torch.set_num_threads(1)
+    for spec in options.run:
+        run_one(options.framework, parse_run(spec), options.out, options.devices, options.source, options.device)
+    if options.compat:
+        from accelerate_compat import run
+
+        sharded, full = (os.path.join(options.out, name, "out", "checkpoint-3") for name in options.compat.split(","))
+        run(sharded, full, os.path.join(options.out, "compat"))
+
+
+if __name__ == "__main__":
+    main()
