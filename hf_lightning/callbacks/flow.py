@@ -355,8 +355,10 @@ class HFFlowCallback(Callback):
         self._store_flos(pl_module)
         self.hf_log(logs, trainer, start_time=self._start_time)
         if trainer.progress_bar_callback is not None:
-            pl_module.log("loss", logs["loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
-            pl_module.log("lr", logs["learning_rate"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
+            # Host tensors: Lightning reads progress-bar values back at every batch end, which on a
+            # device tensor would be a host-device synchronisation per step.
+            for name, key in (("loss", "loss"), ("lr", "learning_rate")):
+                pl_module.log(name, torch.tensor(float(logs[key])), prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     def _tracks_tokens(self) -> bool:
         return str(self.args.include_num_input_tokens_seen) not in ("no", "False")
