@@ -214,6 +214,7 @@ class HFModule(pl.LightningModule):
         self._grad_norm: torch.Tensor | None = None
         self._learning_rate: float | None = None
         self._tokens_pending: torch.Tensor | None = None
+        self._tokens_pending_host = 0
         self.current_flos = 0.0
         self.last_logged_step = 0
 
@@ -241,9 +242,13 @@ class HFModule(pl.LightningModule):
             elif self.processing_class is not None and getattr(self.processing_class, "pad_token_id", None) is not None:
                 tokens = (main != self.processing_class.pad_token_id).sum()
             else:
-                tokens = torch.tensor(main.numel(), device=main.device)
+                tokens = None
         else:
-            tokens = torch.tensor(main.numel(), device=main.device)
+            tokens = None
+        if tokens is None:
+            # A shape is known on the host: a host count avoids a blocking host-to-device copy per step.
+            self._tokens_pending_host += main.numel()
+            return
         tokens = tokens.to(torch.int64)
         self._tokens_pending = tokens if self._tokens_pending is None else self._tokens_pending + tokens
 
@@ -327,18 +332,24 @@ class HFModule(pl.LightningModule):
 
     def pop_input_tokens(self) -> int:
         """Input tokens counted since the last call, summed over ranks. A collective."""
-        pending = self._tokens_pending
-        if pending is None:
-            pending = torch.zeros((), dtype=torch.int64, device=self.device)
-        total = distributed.reduce_sum(self.trainer.strategy, pending)
-        self._tokens_pending = None
-        return int(total.item())
+        pending, host = self._tokens_pending, self._tokens_pending_host
+        self._tokens_pending, self._tokens_pending_host = None, 0
+        strategy = self.trainer.strategy
+        if pending is None and not distributed.is_distributed(strategy):
+            return host
+        total = torch.tensor(host, dtype=torch.int64, device=self.device)
+        if pending is not None:
+            total = total + pending
+        return int(distributed.reduce_sum(strategy, total).item())
 
     def pop_flos(self) -> float:
         """FLOPs counted since the last call, summed over ranks. A collective."""
-        value = torch.tensor(self.current_flos, dtype=torch.float64, device=self.device)
-        self.current_flos = 0.0
-        return float(distributed.reduce_sum(self.trainer.strategy, value).item())
+        flos, self.current_flos = self.current_flos, 0.0
+        strategy = self.trainer.strategy
+        if not distributed.is_distributed(strategy):
+            return flos
+        value = torch.tensor(flos, dtype=torch.float64, device=self.device)
+        return float(distributed.reduce_sum(strategy, value).item())
 
     def plateau_step(self, metric: float) -> None:
         """Step a ReduceLROnPlateau/GreedyLR scheduler with the eval metric (§6)."""

@@ -205,9 +205,10 @@ def _assert_syncs_only_when_logging(counter: SyncCounter, logging_steps: set[int
         dict(),
         dict(progress_bar=True),
         dict(gradient_accumulation_steps=2, include_num_input_tokens_seen="non_padding"),
+        dict(include_num_input_tokens_seen="all"),
         dict(model_fn=_bert, causal_lm=False, logging_nan_inf_filter=False, lr_scheduler_type="cosine", warmup_steps=2),
     ],
-    ids=["default", "progress-bar", "accumulation-tokens", "bert-no-nan-filter"],
+    ids=["default", "progress-bar", "accumulation-tokens", "all-tokens", "bert-no-nan-filter"],
 )
 def test_no_host_sync_on_non_logging_steps(tmp_path, monkeypatch, case):
     counter = _train("hl", tmp_path, monkeypatch, **case)
@@ -228,3 +229,22 @@ def test_counter_sees_transformers_per_step_loss_check(tmp_path, monkeypatch):
 def test_no_host_sync_on_non_logging_steps_cuda(tmp_path, monkeypatch, case):
     counter = _train("hl", tmp_path, monkeypatch, device="cuda", **case)
     _assert_syncs_only_when_logging(counter, {4, 8})
+
+
+@pytest.mark.parametrize("mode", ["all", "non_padding"])
+def test_token_count_kept_on_host_matches_transformers(tmp_path, mode):
+    """``num_input_tokens_seen`` counted without a per-step device tensor is transformers' count."""
+    from helpers import assert_same_history, run_both
+
+    hf, hl = run_both(
+        _llama,
+        tmp_path,
+        trainer_kwargs=dict(train_dataset=TokenData(40)),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_train_epochs=1,
+        logging_steps=2,
+        include_num_input_tokens_seen=mode,
+    )
+    assert_same_history(hf.state.log_history, hl.state.log_history)
+    assert hl.state.num_input_tokens_seen == hf.state.num_input_tokens_seen > 0
