@@ -38,6 +38,13 @@ __all__ = ["HFModule"]
 HF_CHECKPOINT_KEY = "hf_lightning"
 
 
+# Set at every step (by Lightning's hook dispatch and by the accumulators of ``training_step``) and never a
+# parameter, buffer or submodule: ``HFModule.__setattr__`` skips nn.Module's checks for them (a few µs each).
+_PLAIN_ATTRIBUTES = frozenset(
+    {"_current_fx_name", "_tr_loss", "_grad_norm", "_learning_rate", "_tokens_pending", "_tokens_pending_host", "current_flos", "last_logged_step"}
+)
+
+
 def _optimizer_handles_unscaling(optimizer: Any) -> bool:
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
@@ -104,6 +111,13 @@ class HFModule(pl.LightningModule):
         self._num_params_for_flos: int | None = None
         self._neftune_handle: Any = None
         self._pending_checkpoint: dict[str, Any] | None = None
+        self._parameters_for_clipping: list[nn.Parameter] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # ------------------------------------------------------------------------------ settings
 
@@ -299,13 +313,22 @@ class HFModule(pl.LightningModule):
             torch.cuda.empty_cache()
 
     @override
+    def on_train_start(self) -> None:
+        # The parameters are final once the strategy has set the model up (wrapped, sharded, compiled).
+        self._parameters_for_clipping = list(self.parameters())
+
+    @override
+    def on_train_end(self) -> None:
+        self._parameters_for_clipping = None
+
+    @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is not None and _optimizer_handles_unscaling(optimizer):
             # Lightning leaves unscaling to fused optimizers; unscale first so the norm is the true one.
             scaler.unscale_(optimizer)
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else math.inf
-        self._grad_norm = distributed.clip_grad_norm(self.trainer.strategy, self, max_norm)
+        self._grad_norm = distributed.clip_grad_norm(self.trainer.strategy, self, max_norm, self._parameters_for_clipping)
         self._events("on_pre_optimizer_step")
 
     def pop_train_loss(self) -> float:

@@ -213,8 +213,6 @@ def _assert_syncs_only_when_logging(counter: SyncCounter, logging_steps: set[int
 def test_no_host_sync_on_non_logging_steps(tmp_path, monkeypatch, case):
     counter = _train("hl", tmp_path, monkeypatch, **case)
     _assert_syncs_only_when_logging(counter, {4, 8})
-    if case.get("progress_bar"):
-        assert {name for name, _ in counter.logged} == {"loss", "lr"}
 
 
 def test_counter_sees_transformers_per_step_loss_check(tmp_path, monkeypatch):
