@@ -230,6 +230,8 @@ def run_worker_process(script: str, args: Sequence[str], timeout: float) -> dict
         env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("HF_HUB_OFFLINE", "1")
+        # One GPU for every runner: Lightning would otherwise take all visible devices (DDP), transformers DataParallel.
+        env.setdefault("CUDA_VISIBLE_DEVICES", "0")
         cmd = [sys.executable, script, *args, "--result", result, "--tmp", tmp]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not os.path.exists(result):
