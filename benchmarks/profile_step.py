@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
             if opts.ops_only:
                 cmd.append("--ops-only")
             env = dict(os.environ, PYTHONPATH=common.REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            print(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1] if opts.ops_only else
-                  subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
+            stdout = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            print(stdout.strip().splitlines()[-1] if opts.ops_only else stdout)
         return
     result = profile(opts.runner, workload, use_profiler=not opts.no_profiler, trace=opts.trace, rows=opts.rows)
     if opts.no_profiler:
