@@ -86,7 +86,7 @@ def _trainer(runner: str, workload: Workload, output_dir: str, events: dict[str,
     )
     if runner == "transformers":
         return Trainer(**kwargs)
-    extra: dict[str, Any] = {"enable_model_summary": False}
+    extra: dict[str, Any] = {}
     if runner == "hf_lightning_async":
         extra["async_save"] = True
     try:

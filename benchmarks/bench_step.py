@@ -125,7 +125,7 @@ def run_trainer(workload: Workload, tmp: str, framework: str, clock: common.Step
     args = common.training_arguments(workload, os.path.join(tmp, framework))
     kwargs: dict[str, Any] = dict(model=model, args=args, train_dataset=common.build_dataset(workload), callbacks=[common.timing_callback(clock)])
     if framework == "hf_lightning":
-        trainer = hf_lightning.Trainer(**kwargs, enable_model_summary=False)
+        trainer = hf_lightning.Trainer(**kwargs)  # the defaults a user gets
     else:
         trainer = Trainer(**kwargs)
     trainer.train()
