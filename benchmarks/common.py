@@ -48,6 +48,7 @@ class Workload:
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    progress_bar: bool = False  # transformers' default is a tqdm bar (disable_tqdm=False); off, both print the logs
     description: str = ""
 
     @property
@@ -118,7 +119,7 @@ def training_arguments(workload: Workload, output_dir: str, **overrides: Any):
         use_cpu=workload.device == "cpu",
         save_strategy="no",
         report_to="none",
-        disable_tqdm=True,
+        disable_tqdm=not workload.progress_bar,
         dataloader_num_workers=0,
         seed=SEED,
     )
