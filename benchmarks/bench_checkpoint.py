@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated subset of {','.join(RUNNERS)}")
     parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/checkpoint-<workload>.json")
+    parser.add_argument("--package", help="measure the hf_lightning in this folder instead of this checkout's")
+    parser.add_argument("--package-label", help="how to name --package in the results (e.g. main@abc1234)")
     parser.add_argument("--worker", choices=RUNNERS, help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=("save", "resume"), help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -238,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
+    common.use_package(opts.package, opts.package_label)
     workload = Workload(**json.loads(opts.settings)) if opts.settings else WORKLOADS[opts.workload]
     if opts.worker:
         import torch

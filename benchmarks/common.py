@@ -223,12 +223,26 @@ def peak_memory(device: str) -> dict[str, float]:
 # ------------------------------------------------------------------------------------ processes
 
 
+PACKAGE: dict[str, str] = {"dir": REPO, "label": ""}
+
+
+def use_package(directory: str | None, label: str | None) -> None:
+    """Measure the hf_lightning found in ``directory`` (e.g. ``git archive main hf_lightning | tar -x -C DIR``)."""
+    if directory:
+        if not os.path.isdir(os.path.join(directory, "hf_lightning")):
+            raise SystemExit(f"--package {directory!r} has no hf_lightning/ folder")
+        PACKAGE["dir"] = os.path.abspath(directory)
+        PACKAGE["label"] = label or directory
+
+
 def run_worker_process(script: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
     """Run ``python script --worker ... --result FILE`` in a fresh process; return its JSON result."""
     with tempfile.TemporaryDirectory(prefix="hfl_bench_") as tmp:
         result = os.path.join(tmp, "result.json")
         env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONPATH"] = os.pathsep.join(
+            dict.fromkeys([PACKAGE["dir"], REPO, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+        )
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("HF_HUB_OFFLINE", "1")
         # One GPU for every runner: Lightning would otherwise take all visible devices (DDP), transformers DataParallel.
@@ -282,7 +296,7 @@ def environment(threads: int = 0) -> dict[str, str]:
         "transformers": transformers.__version__,
         "lightning": lightning.__version__,
         "accelerate": accelerate.__version__,
-        "hf_lightning": _git_revision(),
+        "hf_lightning": PACKAGE["label"] or _git_revision(),
     }
 
 
