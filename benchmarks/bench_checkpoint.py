@@ -38,8 +38,8 @@ WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in [
         Workload(
-            name="gpt2-124m-cpu", model="gpt2", device="cpu", batch_size=1, seq_len=32, warmup_steps=0, timed_steps=4,
-            description="GPT-2 124M from GPT2Config(), fp32 on CPU, batches of 1 x 32 tokens, AdamW; saves at steps 2 and 4",
+            name="gpt2-124m-cpu", model="gpt2", device="cpu", batch_size=1, seq_len=32, warmup_steps=0, timed_steps=4, threads=1,
+            description="GPT-2 124M from GPT2Config(), fp32 on CPU (1 torch thread), batches of 1 x 32 tokens, AdamW; saves at steps 2 and 4",
         ),
         Workload(
             name="gpt2-124m-bf16-cuda", model="gpt2", device="cuda", batch_size=16, seq_len=512, warmup_steps=0, timed_steps=4,
