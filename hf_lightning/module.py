@@ -314,6 +314,11 @@ class HFModule(pl.LightningModule):
 
     @override
     def on_train_start(self) -> None:
+        # transformers.Trainer starts its loop with accelerator.free_memory(): a full garbage collection and an
+        # emptied device cache. Same here, so collecting the setup's garbage doesn't stall one of the first steps.
+        from accelerate.utils.memory import clear_device_cache
+
+        clear_device_cache(garbage_collection=True)
         # The parameters are final once the strategy has set the model up (wrapped, sharded, compiled).
         self._parameters_for_clipping = list(self.parameters())
 
