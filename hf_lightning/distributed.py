@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -734,16 +734,17 @@ def gradient_sync(strategy: Any, module: nn.Module, enabled: bool) -> Iterator[N
     yield
 
 
-def clip_grad_norm(strategy: Any, module: nn.Module, max_norm: float) -> torch.Tensor:
+def clip_grad_norm(strategy: Any, module: nn.Module, max_norm: float, parameters: Sequence[nn.Parameter] | None = None) -> torch.Tensor:
     """Clip to ``max_norm`` (``inf`` only measures) and return the pre-clip total norm, on device.
 
     FSDP1 uses the wrapper's own ``clip_grad_norm_``; with FSDP2 the norm of the DTensor gradients
     is reduced over the shards and returned as a plain tensor.
+    ``parameters`` is ``module``'s parameters listed in advance (walking the submodules every step is slow).
     """
     wrapper = getattr(strategy, "model", None)
     if wrapper is not None and type(wrapper).__name__ == "FullyShardedDataParallel":
         return wrapper.clip_grad_norm_(max_norm)
-    params = [p for p in module.parameters() if p.grad is not None]
+    params = [p for p in (module.parameters() if parameters is None else parameters) if p.grad is not None]
     if not params:
         return torch.zeros((), device=module.device if hasattr(module, "device") else "cpu")
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)

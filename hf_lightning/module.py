@@ -40,6 +40,13 @@ __all__ = ["HFModule"]
 HF_CHECKPOINT_KEY = "hf_lightning"
 
 
+# Set at every step (by Lightning's hook dispatch and by the accumulators of ``training_step``) and never a
+# parameter, buffer or submodule: ``HFModule.__setattr__`` skips nn.Module's checks for them (a few µs each).
+_PLAIN_ATTRIBUTES = frozenset(
+    {"_current_fx_name", "_tr_loss", "_grad_norm", "_learning_rate", "_tokens_pending", "_tokens_pending_host", "current_flos", "last_logged_step"}
+)
+
+
 def _optimizer_handles_unscaling(optimizer: Any) -> bool:
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
@@ -107,8 +114,15 @@ class HFModule(pl.LightningModule):
         self._neftune_handle: Any = None
         self._pending_checkpoint: dict[str, Any] | None = None
         self.stepped = True
-        self._created_optimizer: torch.optim.Optimizer | None = None
         """Whether the last training batch ended with an optimizer step."""
+        self._created_optimizer: torch.optim.Optimizer | None = None
+        self._parameters_for_clipping: list[nn.Parameter] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # ------------------------------------------------------------------------------ settings
 
@@ -235,6 +249,7 @@ class HFModule(pl.LightningModule):
         self._grad_norm: torch.Tensor | None = None
         self._learning_rate: float | None = None
         self._tokens_pending: torch.Tensor | None = None
+        self._tokens_pending_host = 0
         self.current_flos = 0.0
         self.last_logged_step = 0
 
@@ -264,9 +279,13 @@ class HFModule(pl.LightningModule):
             elif self.processing_class is not None and getattr(self.processing_class, "pad_token_id", None) is not None:
                 tokens = (main != self.processing_class.pad_token_id).sum()
             else:
-                tokens = torch.tensor(main.numel(), device=main.device)
+                tokens = None
         else:
-            tokens = torch.tensor(main.numel(), device=main.device)
+            tokens = None
+        if tokens is None:
+            # A shape is known on the host: a host count avoids a blocking host-to-device copy per step.
+            self._tokens_pending_host += main.numel()
+            return
         tokens = tokens.to(torch.int64)
         self._tokens_pending = tokens if self._tokens_pending is None else self._tokens_pending + tokens
 
@@ -330,13 +349,27 @@ class HFModule(pl.LightningModule):
         optimizer.zero_grad()
 
     @override
+    def on_train_start(self) -> None:
+        # transformers.Trainer starts its loop with accelerator.free_memory(): a full garbage collection and an
+        # emptied device cache. Same here, so collecting the setup's garbage doesn't stall one of the first steps.
+        from accelerate.utils.memory import clear_device_cache
+
+        clear_device_cache(garbage_collection=True)
+        # The parameters are final once the strategy has set the model up (wrapped, sharded, compiled).
+        self._parameters_for_clipping = list(self.parameters())
+
+    @override
+    def on_train_end(self) -> None:
+        self._parameters_for_clipping = None
+
+    @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is not None and _optimizer_handles_unscaling(optimizer):
             # Lightning leaves unscaling to fused optimizers; unscale first so the norm is the true one.
             scaler.unscale_(optimizer)
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else math.inf
-        self._grad_norm = distributed.clip_grad_norm(self.trainer.strategy, self, max_norm)
+        self._grad_norm = distributed.clip_grad_norm(self.trainer.strategy, self, max_norm, self._parameters_for_clipping)
         self._events("on_pre_optimizer_step")
 
     def pop_train_loss(self) -> float:
@@ -365,18 +398,24 @@ class HFModule(pl.LightningModule):
 
     def pop_input_tokens(self) -> int:
         """Input tokens counted since the last call, summed over ranks. A collective."""
-        pending = self._tokens_pending
-        if pending is None:
-            pending = torch.zeros((), dtype=torch.int64, device=self.device)
-        total = distributed.reduce_sum(self.trainer.strategy, pending)
-        self._tokens_pending = None
-        return int(total.item())
+        pending, host = self._tokens_pending, self._tokens_pending_host
+        self._tokens_pending, self._tokens_pending_host = None, 0
+        strategy = self.trainer.strategy
+        if pending is None and not distributed.is_distributed(strategy):
+            return host
+        total = torch.tensor(host, dtype=torch.int64, device=self.device)
+        if pending is not None:
+            total = total + pending
+        return int(distributed.reduce_sum(strategy, total).item())
 
     def pop_flos(self) -> float:
         """FLOPs counted since the last call, summed over ranks. A collective."""
-        value = torch.tensor(self.current_flos, dtype=torch.float64, device=self.device)
-        self.current_flos = 0.0
-        return float(distributed.reduce_sum(self.trainer.strategy, value).item())
+        flos, self.current_flos = self.current_flos, 0.0
+        strategy = self.trainer.strategy
+        if not distributed.is_distributed(strategy):
+            return flos
+        value = torch.tensor(flos, dtype=torch.float64, device=self.device)
+        return float(distributed.reduce_sum(strategy, value).item())
 
     def plateau_step(self, metric: float) -> None:
         """Step a ReduceLROnPlateau/GreedyLR scheduler with the eval metric (§6)."""
