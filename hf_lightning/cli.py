@@ -394,7 +394,12 @@ def run(argv: Sequence[str] | None = None, **kwargs: Any) -> HFLightningCLI:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The ``hf-lightning`` console script."""
+    """The ``hf-lightning`` console script: LightningCLI's subcommands, plus ``consolidate`` for sharded FSDP checkpoints."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["consolidate"]:
+        from . import consolidate
+
+        raise SystemExit(consolidate.main(argv[1:]))
     run(argv)
 
 

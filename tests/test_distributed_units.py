@@ -229,3 +229,19 @@ def test_consolidate_plain_module_writes_its_state_dict(tmp_path: Path) -> None:
     assert main([str(tmp_path), "-o", str(tmp_path / "out")]) == 0
     written = safetensors.torch.load_file(tmp_path / "out" / "model.safetensors")
     assert sorted(written) == sorted(model.state_dict()) and all(torch.equal(written[k], v) for k, v in model.state_dict().items())
+
+
+def test_hf_lightning_command_routes_consolidate(tmp_path: Path) -> None:
+    """`hf-lightning consolidate CHECKPOINT -o DIR` is the same tool as `python -m hf_lightning.consolidate`."""
+    import safetensors.torch
+
+    from hf_lightning.cli import main
+    from tiny import TinyReg
+
+    model = TinyReg()
+    _write_sharded(tmp_path / "checkpoint-3", dict(model.state_dict()))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["consolidate", str(tmp_path / "checkpoint-3"), "-o", str(tmp_path / "export")])
+    assert exit_info.value.code == 0
+    written = safetensors.torch.load_file(tmp_path / "export" / "model.safetensors")
+    assert all(torch.equal(written[k], v) for k, v in model.state_dict().items())
