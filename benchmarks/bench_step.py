@@ -400,6 +400,43 @@ def markdown_document() -> str:
     return "\n".join(parts)
 
 
+README_START, README_END = "<!-- benchmark-results:start -->", "<!-- benchmark-results:end -->"
+
+
+def readme_table() -> str:
+    """The short results table of the README: one row per saved result, with its device, date and versions."""
+    rows = []
+    for payload in common.load_results():
+        env, summary = payload["environment"], payload["summary"]
+        where = f"{env['device']}; {env['date']}; torch {env['torch']}, transformers {env['transformers']}, lightning {env['lightning']}"
+        if payload.get("kind") == "step":
+            r = ratios(summary)
+            sps = " / ".join(f"{summary[k]['samples_per_s']:.0f}" if k in summary else "–" for k in RUNNERS)
+            rows.append([f"`{payload['workload']}` samples/s (loop / transformers / hf_lightning)", sps,
+                         f"{r.get('loop', {}).get('samples/s (median)', float('nan')):.2f}×",
+                         f"{r.get('transformers', {}).get('samples/s (median)', float('nan')):.2f}×", where])
+        elif payload.get("kind") == "checkpoint":
+            hf, hl, hla = (summary.get(k) for k in ("transformers", "hf_lightning", "hf_lightning_async"))
+            if hf and hl:
+                blocking = f"{hf['blocking_s']:.2f} / {hl['blocking_s']:.2f}" + (f" / {hla['blocking_s']:.2f} async" if hla else "")
+                rows.append([f"`{payload['workload']}` seconds a save blocks training (transformers / hf_lightning)", blocking, "–",
+                             f"{hl['blocking_s'] / hf['blocking_s']:.2f}×" + (f" ({hla['blocking_s'] / hf['blocking_s']:.2f}× async)" if hla else ""), where])
+    table = common.markdown_table(["benchmark", "measured", "hf_lightning ÷ loop", "hf_lightning ÷ transformers", "device, date, versions"], rows)
+    return f"{README_START}\n{table}\n{README_END}"
+
+
+def write_readme_table(path: str) -> bool:
+    """Replace the table between the README's markers; False when the README has no markers."""
+    with open(path) as f:
+        text = f.read()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    with open(path, "w") as f:
+        f.write(head + readme_table() + rest.split(README_END, 1)[1])
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), help="the workload to run")
@@ -410,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-count-calls", action="store_true", help="skip the extra run per runner that counts Python calls per step")
     parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/<workload>.json")
     parser.add_argument("--markdown", action="store_true", help="print the markdown results table of all saved results")
-    parser.add_argument("--write-docs", action="store_true", help="with --markdown: write it to docs/benchmarks.md")
+    parser.add_argument("--write-docs", action="store_true", help="with --markdown: write it to docs/benchmarks.md and the README's results table")
     parser.add_argument("--package", help="measure the hf_lightning in this folder instead of this checkout's")
     parser.add_argument("--package-label", help="how to name --package in the results (e.g. main@abc1234)")
     parser.add_argument("--worker", choices=RUNNERS, help=argparse.SUPPRESS)
@@ -451,6 +488,9 @@ def main(argv: list[str] | None = None) -> None:
             with open(path, "w") as f:
                 f.write(document + "\n")
             print(f"wrote {path}", file=sys.stderr)
+            readme = os.path.join(common.REPO, "README.md")
+            if write_readme_table(readme):
+                print(f"wrote the results table of {readme}", file=sys.stderr)
         else:
             print(document)
     if not opts.workload and not opts.markdown:
