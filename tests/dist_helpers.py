@@ -72,6 +72,17 @@ def batches(folder: str | os.PathLike, rank: int) -> list:
         return json.load(f)
 
 
+def assert_same_batches(expected: list, actual: list, label: str) -> None:
+    """The same micro-batches in the same order; on a difference, say where (the lists are long)."""
+    if expected == actual:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(expected, actual)) if a != b), min(len(expected), len(actual)))
+    raise AssertionError(
+        f"{label}: {len(actual)} micro-batches recorded, expected {len(expected)}; first difference at index {first}: "
+        f"expected {expected[first] if first < len(expected) else None}, got {actual[first] if first < len(actual) else None}"
+    )
+
+
 def weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(str(Path(folder) / "model.safetensors"))
 

@@ -275,8 +275,10 @@ def test_docs_table_is_up_to_date():
     from hf_lightning.arguments import _markdown_table, _not_applicable_list
 
     doc = (Path(__file__).parent.parent / "docs" / "arguments.md").read_text()
-    assert _markdown_table() in doc, "regenerate docs/arguments.md with `python -m hf_lightning.arguments`"
-    assert _not_applicable_list() in doc
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for text in (doc, readme):
+        assert _markdown_table() in text, "regenerate the table in docs/arguments.md and README.md with `python -m hf_lightning.arguments`"
+        assert _not_applicable_list() in text
 
 
 def test_lightning_path_checks_datasets_before_training(tmp_path):

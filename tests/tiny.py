@@ -79,6 +79,13 @@ def write_tokenizer(folder: str | os.PathLike):
 
     os.makedirs(folder, exist_ok=True)
     vocab = os.path.join(folder, "vocab.txt")
-    with open(vocab, "w") as f:
+    # Written aside, then renamed: several processes of a distributed test write the same folder, and one
+    # must never read the file while another has just truncated it (its pad token would be another id).
+    partial = f"{vocab}.{os.getpid()}.tmp"
+    with open(partial, "w") as f:
         f.write("\n".join(VOCAB) + "\n")
-    return BertTokenizerFast(vocab=vocab)  # transformers 5 ignores `vocab_file=` (every word became [UNK])
+    os.replace(partial, vocab)
+    tokenizer = BertTokenizerFast(vocab=vocab)  # transformers 5 ignores `vocab_file=` (every word became [UNK])
+    if tokenizer.pad_token_id != VOCAB.index("[PAD]") or len(tokenizer) != len(VOCAB):
+        raise RuntimeError(f"the test tokenizer did not load {vocab}: pad id {tokenizer.pad_token_id}, {len(tokenizer)} tokens")
+    return tokenizer
