@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,87 +44,74 @@ def _words(rng: random.Random, low: int, high: int, n: int) -> list[str]:
     return [f"w{rng.randint(low, high)}" for _ in range(n)]
 
 
-def classification_csv(folder: str | os.PathLike, n_train: int = 64, n_eval: int = 24, seed: int = 0) -> dict[str, str]:
-    """``train.csv``/``validation.csv``/``test.csv`` with ``text,label``: 'pos' texts use words w50-w90, 'neg' w5-w45."""
+def _write_splits(folder: str | os.PathLike, ext: str, counts: dict[str, int], line: Callable[[random.Random], str],
+                  seed: int, header: str | None = None) -> dict[str, str]:
+    """One ``{split}.{ext}`` file per split with ``counts[split]`` lines drawn by ``line(rng)``; returns the paths."""
     rng = random.Random(seed)
     os.makedirs(folder, exist_ok=True)
     files = {}
-    for split, n in (("train", n_train), ("validation", n_eval), ("test", n_eval)):
-        path = os.path.join(folder, f"{split}.csv")
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            for _ in range(n):
-                label = rng.choice(["neg", "pos"])
-                low = 50 if label == "pos" else 5
-                writer.writerow([" ".join(_words(rng, low, low + 40, rng.randint(3, 10))), label])
+    for split, count in counts.items():
+        path = os.path.join(folder, f"{split}.{ext}")
+        with open(path, "w") as f:
+            if header is not None:
+                f.write(header + "\n")
+            f.writelines(line(rng) + "\n" for _ in range(count))
         files[split] = path
     return files
+
+
+def classification_csv(folder: str | os.PathLike, n_train: int = 64, n_eval: int = 24, seed: int = 0) -> dict[str, str]:
+    """``train.csv``/``validation.csv``/``test.csv`` with ``text,label``: 'pos' texts use words w50-w90, 'neg' w5-w45."""
+
+    def line(rng: random.Random) -> str:
+        label = rng.choice(["neg", "pos"])
+        low = 50 if label == "pos" else 5
+        return " ".join(_words(rng, low, low + 40, rng.randint(3, 10))) + "," + label  # no commas or quotes to escape
+
+    return _write_splits(folder, "csv", {"train": n_train, "validation": n_eval, "test": n_eval}, line, seed, header="text,label")
 
 
 def token_classification_jsonl(folder: str | os.PathLike, n: int = 48, seed: int = 0) -> dict[str, str]:
     """``tokens`` (words) and ``tags`` (B-X on words w50+, O otherwise) in train/validation jsonl."""
-    rng = random.Random(seed)
-    os.makedirs(folder, exist_ok=True)
-    files = {}
-    for split, count in (("train", n), ("validation", n // 2)):
-        path = os.path.join(folder, f"{split}.jsonl")
-        with open(path, "w") as f:
-            for _ in range(count):
-                tokens = _words(rng, 5, 90, rng.randint(3, 9))
-                tags = ["B-X" if int(t[1:]) >= 50 else "O" for t in tokens]
-                f.write(json.dumps({"tokens": tokens, "tags": tags}) + "\n")
-        files[split] = path
-    return files
+
+    def line(rng: random.Random) -> str:
+        tokens = _words(rng, 5, 90, rng.randint(3, 9))
+        return json.dumps({"tokens": tokens, "tags": ["B-X" if int(t[1:]) >= 50 else "O" for t in tokens]})
+
+    return _write_splits(folder, "jsonl", {"train": n, "validation": n // 2}, line, seed)
 
 
 def text_lines(folder: str | os.PathLike, n: int = 80, seed: int = 0) -> dict[str, str]:
     """Plain text files (one sentence per line) for language modeling."""
-    rng = random.Random(seed)
-    os.makedirs(folder, exist_ok=True)
-    files = {}
-    for split, count in (("train", n), ("validation", n // 4)):
-        path = os.path.join(folder, f"{split}.txt")
-        with open(path, "w") as f:
-            for _ in range(count):
-                start = rng.randint(5, 80)
-                f.write(" ".join(f"w{start + i}" for i in range(rng.randint(4, 12)) if start + i < 99) + "\n")
-        files[split] = path
-    return files
+
+    def line(rng: random.Random) -> str:
+        start = rng.randint(5, 80)
+        return " ".join(f"w{start + i}" for i in range(rng.randint(4, 12)) if start + i < 99)
+
+    return _write_splits(folder, "txt", {"train": n, "validation": n // 4}, line, seed)
 
 
 def seq2seq_jsonl(folder: str | os.PathLike, n: int = 48, seed: int = 0) -> dict[str, str]:
     """``source``/``target`` pairs: the target is the source's words reversed."""
-    rng = random.Random(seed)
-    os.makedirs(folder, exist_ok=True)
-    files = {}
-    for split, count in (("train", n), ("validation", n // 4)):
-        path = os.path.join(folder, f"{split}.jsonl")
-        with open(path, "w") as f:
-            for _ in range(count):
-                words = _words(rng, 5, 90, rng.randint(2, 6))
-                f.write(json.dumps({"source": " ".join(words), "target": " ".join(reversed(words))}) + "\n")
-        files[split] = path
-    return files
+
+    def line(rng: random.Random) -> str:
+        words = _words(rng, 5, 90, rng.randint(2, 6))
+        return json.dumps({"source": " ".join(words), "target": " ".join(reversed(words))})
+
+    return _write_splits(folder, "jsonl", {"train": n, "validation": n // 4}, line, seed)
 
 
 def qa_json(folder: str | os.PathLike, n: int = 24, seed: int = 0) -> dict[str, str]:
     """SQuAD-style ``question``/``context``/``answers`` records (the answer is a word of the context)."""
-    rng = random.Random(seed)
-    os.makedirs(folder, exist_ok=True)
-    files = {}
-    for split, count in (("train", n), ("validation", n // 2)):
-        path = os.path.join(folder, f"{split}.jsonl")
-        with open(path, "w") as f:
-            for _ in range(count):
-                words = _words(rng, 5, 90, rng.randint(5, 12))
-                answer_index = rng.randrange(len(words))
-                start = len(" ".join(words[:answer_index])) + (1 if answer_index else 0)
-                record = {
-                    "question": " ".join(_words(rng, 5, 90, 3)),
-                    "context": " ".join(words),
-                    "answers": {"text": [words[answer_index]], "answer_start": [start]},
-                }
-                f.write(json.dumps(record) + "\n")
-        files[split] = path
-    return files
+
+    def line(rng: random.Random) -> str:
+        words = _words(rng, 5, 90, rng.randint(5, 12))
+        answer_index = rng.randrange(len(words))
+        start = len(" ".join(words[:answer_index])) + (1 if answer_index else 0)
+        return json.dumps({
+            "question": " ".join(_words(rng, 5, 90, 3)),
+            "context": " ".join(words),
+            "answers": {"text": [words[answer_index]], "answer_start": [start]},
+        })
+
+    return _write_splits(folder, "jsonl", {"train": n, "validation": n // 2}, line, seed)
