@@ -249,15 +249,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.set_num_threads(workload.threads)
         common.write_result(opts.result, worker(opts.worker, workload, opts.phase, opts.output, opts.resume_from))
         return
-    runners = [r.strip() for r in opts.runners.split(",") if r.strip()]
-    unknown = [r for r in runners if r not in RUNNERS]
-    if unknown:
-        parser.error(f"--runners: unknown {unknown}; valid: {list(RUNNERS)}")
-    if workload.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            parser.error(f"--workload {workload.name} needs a CUDA device; this machine has none (use gpt2-124m-cpu)")
+    runners = common.check_run_options(parser, opts.runners, RUNNERS, workload, cpu_workload="gpt2-124m-cpu")
     payload = benchmark(workload, opts.rounds, runners)
     print(checkpoint_table(payload))
     if not opts.no_save:

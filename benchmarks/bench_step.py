@@ -467,15 +467,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides = {k: v for k, v in (("warmup_steps", opts.warmup_steps), ("timed_steps", opts.timed_steps)) if v is not None}
         if overrides:
             workload = dataclasses.replace(workload, **overrides)
-        runners = [r.strip() for r in opts.runners.split(",") if r.strip()]
-        unknown = [r for r in runners if r not in RUNNERS]
-        if unknown:
-            parser.error(f"--runners: unknown {unknown}; valid: {list(RUNNERS)}")
-        if workload.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                parser.error(f"--workload {workload.name} needs a CUDA device; this machine has none (try tiny-bert-cpu)")
+        runners = common.check_run_options(parser, opts.runners, RUNNERS, workload, cpu_workload="tiny-bert-cpu")
         payload = benchmark(workload, opts.rounds, runners, count_calls=not opts.no_count_calls)
         print(step_table(payload))
         if not opts.no_save:

@@ -255,6 +255,17 @@ def run_worker_process(script: str, args: Sequence[str], timeout: float) -> dict
             return json.load(f)
 
 
+def check_run_options(parser: Any, runners_option: str, known: Sequence[str], workload: Workload, cpu_workload: str) -> list[str]:
+    """The runners named by ``--runners``; a parser error for an unknown one, or for a CUDA workload without a GPU."""
+    runners = [r.strip() for r in runners_option.split(",") if r.strip()]
+    unknown = [r for r in runners if r not in known]
+    if unknown:
+        parser.error(f"--runners: unknown {unknown}; valid: {list(known)}")
+    if workload.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--workload {workload.name} needs a CUDA device; this machine has none (try {cpu_workload})")
+    return runners
+
+
 def write_result(path: str, payload: dict[str, Any]) -> None:
     with open(path, "w") as f:
         json.dump(payload, f)
