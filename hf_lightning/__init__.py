@@ -4,7 +4,8 @@ from .callbacks import HFCheckpoint, HFFlowCallback
 from .checkpoint_io import HFCheckpointIO
 from .data import HFDataModule
 from .module import HFModule
-from .trainer import Trainer, build_trainer
+from .builder import build_trainer
+from .trainer import Trainer
 
 __version__ = "0.1.0"
 

@@ -45,7 +45,7 @@ from .arguments import validate_arguments
 from .data import HFDataModule
 from .module import HFModule
 from .specs import ConfigError, DataSpec, ModelSpec
-from .trainer import build_trainer, make_loggers
+from .builder import build_trainer, make_loggers
 
 __all__ = ["HFLightningCLI", "main", "run", "lightning_overrides", "training_arguments", "resolve_ckpt_path"]
 

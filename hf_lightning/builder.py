@@ -1,0 +1,180 @@
+"""``build_trainer``: a ``lightning.Trainer`` configured from transformers ``TrainingArguments``.
+
+Limits, precision, seed, loggers from ``report_to``, the transformers checkpoint format, and the
+flow and checkpoint callbacks. The drop-in facade (``trainer.py``) and the CLI build on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ProgressBar
+from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_utils import enable_full_determinism, set_seed
+
+from . import distributed
+from .arguments import LIGHTNING_LOGGERS, precision_for, process_log_level, resolve_report_to, trainer_limits, validate_arguments
+from .callbacks.checkpoint import HFCheckpoint, install_checkpoint_connector
+from .callbacks.flow import HFFlowCallback
+from .callbacks.progress import HFProgressBar
+from .checkpoint_io import HFCheckpointIO
+
+__all__ = ["build_trainer", "make_loggers", "lightning_info_muted"]
+
+log = logging.getLogger(__name__)
+
+
+def make_loggers(args: TrainingArguments) -> tuple[list[Any], list[TrainerCallback]]:
+    """Lightning loggers for ``report_to`` (tensorboard, csv, wandb, mlflow, comet_ml, neptune).
+
+    Other transformers integrations come back as their ``TrainerCallback`` classes, to run through
+    the callback bridge unmodified.
+    """
+    from lightning.pytorch import loggers as pl_loggers
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, default_logdir
+
+    loggers: list[Any] = []
+    integrations: list[TrainerCallback] = []
+    run_name = args.run_name
+    for name in resolve_report_to(args.report_to):
+        if name == "tensorboard":
+            log_dir = os.environ.get("TENSORBOARD_LOGGING_DIR")
+            if log_dir:
+                loggers.append(pl_loggers.TensorBoardLogger(save_dir=os.path.expanduser(log_dir), name="", version="", default_hp_metric=False))
+            else:
+                # transformers' default: <output_dir>/runs/<date>_<host>
+                loggers.append(pl_loggers.TensorBoardLogger(save_dir=str(args.output_dir), name="", version=default_logdir(), default_hp_metric=False))
+        elif name == "csv":
+            loggers.append(pl_loggers.CSVLogger(save_dir=str(args.output_dir), name="csv_logs", version=run_name))
+        elif name == "wandb":
+            loggers.append(pl_loggers.WandbLogger(name=run_name, project=args.project, save_dir=str(args.output_dir)))
+        elif name == "mlflow":
+            loggers.append(pl_loggers.MLFlowLogger(experiment_name=args.project, run_name=run_name))
+        elif name == "comet_ml":
+            loggers.append(pl_loggers.CometLogger(project=args.project, name=run_name))
+        elif name == "neptune":
+            loggers.append(pl_loggers.NeptuneLogger(project=args.project, name=run_name))
+        elif name in INTEGRATION_TO_CALLBACK:
+            integrations.append(INTEGRATION_TO_CALLBACK[name])
+    assert set(LIGHTNING_LOGGERS) >= {"tensorboard", "csv"}
+    return loggers, integrations
+
+
+def _seed(args: TrainingArguments) -> None:
+    # transformers seeds in Trainer.__init__, before anything else.
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
+
+
+def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
+    """A ``lightning.Trainer`` configured from transformers ``TrainingArguments``.
+
+    Args:
+        args: the TrainingArguments of the run.
+        overrides: ``lightning.Trainer`` keyword arguments (strategy, devices, accelerator, plugins, ...).
+            ``async_save=True`` writes checkpoints in a background thread (see ``HFCheckpoint``).
+            ``callbacks`` are appended after the hf_lightning ones; transformers ``TrainerCallback``s
+            among them run through the callback bridge. ``plugins`` are added to ``HFCheckpointIO``.
+    """
+    validate_arguments(args)
+    _seed(args)
+    if args.tf32 is not None and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+    extra_callbacks = list(overrides.pop("callbacks", None) or [])
+    hf_callbacks = [cb for cb in extra_callbacks if _is_trainer_callback(cb)]
+    pl_callbacks = [cb for cb in extra_callbacks if not _is_trainer_callback(cb)]
+    bad = [cb for cb in pl_callbacks if not isinstance(cb, Callback)]
+    if bad:
+        raise TypeError(
+            f"`callbacks` must be lightning Callbacks or transformers TrainerCallbacks; got {[type(cb).__name__ for cb in bad]}."
+        )
+    flow_state = overrides.pop("hf_state", None)
+    loggers, integrations = make_loggers(args)
+    flow = HFFlowCallback(args, callbacks=[*integrations, *hf_callbacks], state=flow_state)
+    checkpoint = HFCheckpoint(args, async_save=overrides.pop("async_save", False))
+    plugins = overrides.pop("plugins", None) or []
+    plugins = plugins if isinstance(plugins, list) else [plugins]
+    if not any(isinstance(p, HFCheckpointIO) or type(p).__name__.endswith("CheckpointIO") for p in plugins):
+        plugins = [HFCheckpointIO(), *plugins]
+    kwargs: dict[str, Any] = {
+        "default_root_dir": str(args.output_dir),
+        "logger": loggers if loggers else False,
+        "callbacks": [flow, checkpoint, *pl_callbacks],
+        "plugins": plugins,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": not args.disable_tqdm,
+        "enable_checkpointing": True,
+        "use_distributed_sampler": False,
+        "check_val_every_n_epoch": 1,
+        "log_every_n_steps": 1,
+        # transformers evaluates under torch.no_grad(): tensors a model caches while evaluating stay usable in training
+        "inference_mode": False,
+        **trainer_limits(args),
+    }
+    if args.use_cpu:
+        kwargs["accelerator"] = "cpu"
+    if args.full_determinism:
+        kwargs["deterministic"] = True
+    kwargs.update(overrides)
+    kwargs.setdefault("precision", precision_for(args, _device_type(kwargs.get("accelerator", "auto"))))
+    if kwargs["enable_progress_bar"] and not any(isinstance(cb, ProgressBar) for cb in pl_callbacks):
+        kwargs["callbacks"].append(HFProgressBar())
+    strategy = distributed.resolve_strategy(args, kwargs)
+    if strategy is not None:
+        kwargs["strategy"] = strategy
+    trainer = pl.Trainer(**kwargs)
+    distributed.prepare_launcher(trainer)
+    install_checkpoint_connector(trainer)
+    set_process_log_level(args, trainer)  # again in HFFlowCallback.setup, where spawned ranks are known
+    return trainer
+
+
+def _device_type(accelerator: Any) -> str:
+    """"cpu" when the run will be on CPU (asked for, or "auto" with no GPU), else the accelerator's device type."""
+    if isinstance(accelerator, str):
+        if accelerator == "auto":
+            if torch.cuda.is_available():
+                return "cuda"
+            if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+                return "mps"
+            return "cpu"
+        return {"gpu": "cuda"}.get(accelerator, accelerator)
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    return "cpu" if isinstance(accelerator, CPUAccelerator) else "cuda"
+
+
+def _is_trainer_callback(callback: Any) -> bool:
+    return isinstance(callback, TrainerCallback) or (isinstance(callback, type) and issubclass(callback, TrainerCallback))
+
+
+def set_process_log_level(args: TrainingArguments, trainer: pl.Trainer) -> None:
+    """transformers' verbosity for this process, as ``Trainer.__init__`` sets it (``log_level``/``log_level_replica``)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity(process_log_level(args, global_rank=trainer.global_rank, local_rank=trainer.local_rank))
+
+
+@contextlib.contextmanager
+def lightning_info_muted() -> Iterator[None]:
+    """Keep Lightning's INFO lines (hardware, tips, "fit stopped") off the console of the drop-in facade,
+    whose console shows what transformers.Trainer shows; Lightning's warnings still pass."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        if lg.getEffectiveLevel() < logging.WARNING:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
