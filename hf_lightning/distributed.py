@@ -849,6 +849,67 @@ class EvalGather:
         return gathered
 
 
+def gather(strategy: Any, data: Any) -> Any:
+    """accelerate's ``gather``: every rank's tensors concatenated on dim 0 in rank order (identity on one process)."""
+    if not is_distributed(strategy):
+        return data
+    from accelerate.utils import recursively_apply
+
+    return recursively_apply(_gather_cat, data, error_on_other_type=True)
+
+
+def pad_across_processes(strategy: Any, data: Any, *, dim: int = 0, pad_index: int = 0, pad_first: bool = False) -> Any:
+    """accelerate's ``pad_across_processes``: pad ``dim`` to the largest size on any rank (identity on one process)."""
+    if not is_distributed(strategy):
+        return data
+    from accelerate.utils import recursively_apply
+
+    return recursively_apply(_pad_across_ranks, data, error_on_other_type=True, dim=dim, pad_index=pad_index, pad_first=pad_first)
+
+
+def data_ranks(trainer: Any) -> tuple[int, int]:
+    """``(world size, global rank)`` for sharding data, also before Lightning has launched the processes.
+
+    A process that Lightning's launcher started knows its rank from the environment only once the
+    strategy has set its world ranks; that is done here if it has not happened yet.
+    """
+    if trainer is None:
+        return 1, 0
+    strategy = trainer.strategy
+    world = int(trainer.world_size)
+    if world > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        set_ranks = getattr(strategy, "set_world_ranks", None)
+        if callable(set_ranks):
+            set_ranks()
+    return world, int(trainer.global_rank)
+
+
+def sync_accelerate_state(trainer: Any, args: TrainingArguments) -> None:
+    """Make accelerate's global ``PartialState`` (which ``TrainingArguments.world_size``/``process_index`` read)
+    agree with the process group Lightning has set up.
+
+    A process started by Lightning's launcher, or the launching process itself, built its
+    ``TrainingArguments`` before the process group existed, so accelerate took it for a single process.
+    transformers code that branches on ``args.world_size`` would then take different branches on
+    different ranks (a collective on some ranks only: a hang). Call on every rank after setup.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    from accelerate.state import PartialState
+
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    state = PartialState()
+    if state.num_processes == world and state.process_index == rank:
+        return
+    os.environ.setdefault("WORLD_SIZE", str(world))
+    os.environ.setdefault("RANK", str(rank))
+    os.environ.setdefault("LOCAL_RANK", str(trainer.local_rank))
+    PartialState._reset_state()
+    PartialState(cpu=args.use_cpu)
+    if args.__dict__.get("_n_gpu", 1) > 1:
+        args._n_gpu = 1  # one device per process, as transformers sets it for distributed runs
+
+
 # accelerate's `gather`/`pad_across_processes`, on torch.distributed directly: accelerate's versions
 # consult its global PartialState, which is not distributed in a process Lightning's launcher started.
 
@@ -863,7 +924,7 @@ def _gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def _pad_across_ranks(tensor: torch.Tensor, dim: int = 1, pad_index: int = -100) -> torch.Tensor:
+def _pad_across_ranks(tensor: torch.Tensor, dim: int = 1, pad_index: int = -100, pad_first: bool = False) -> torch.Tensor:
     """Pad ``dim`` with ``pad_index`` to the largest size on any rank (a collective unless ``dim`` is absent)."""
     if dim >= tensor.ndim:
         return tensor
@@ -874,5 +935,6 @@ def _pad_across_ranks(tensor: torch.Tensor, dim: int = 1, pad_index: int = -100)
     shape = list(tensor.shape)
     shape[dim] = largest
     padded = tensor.new_full(shape, pad_index)
-    padded.narrow(dim, 0, tensor.shape[dim]).copy_(tensor)
+    start = largest - tensor.shape[dim] if pad_first else 0
+    padded.narrow(dim, start, tensor.shape[dim]).copy_(tensor)
     return padded
