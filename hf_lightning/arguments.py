@@ -77,7 +77,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "use_cache": (HONOURED, "written to `model.config.use_cache` like transformers does"),
     "neftune_noise_alpha": (HONOURED, "transformers' NEFTune hook is attached for training and removed after"),
     "torch_empty_cache_steps": (HONOURED, "accelerate's `clear_device_cache()` after each backward of every N-th optimizer step, as in `Trainer.training_step`"),
-    "auto_find_batch_size": (UNSUPPORTED, "retrying on OOM is not implemented; use Lightning's BatchSizeFinder"),
+    "auto_find_batch_size": (HONOURED, "hf_lightning.Trainer.train halves the batch size on out-of-memory and retries (accelerate's find_executable_batch_size, as transformers); build_trainer refuses it (use Lightning's BatchSizeFinder)"),
     "logging_strategy": (HONOURED, "no / steps / epoch, in optimizer steps"),
     "logging_steps": (HONOURED, "int or ratio of max_steps"),
     "logging_first_step": (HONOURED, "log after the first optimizer step"),
@@ -314,7 +314,7 @@ def validate_arguments(
         problems.append("`eval_on_start=True` needs an eval dataset, but none was given.")
     if (save_strategy == "best" or args.load_best_model_at_end) and args.metric_for_best_model is None:
         problems.append(
-            "`metric_for_best_model` must be set when `save_strategy='best'` or `load_best_model_at_end=True`."
+            "`args.metric_for_best_model` must be provided when using 'best' save_strategy or if `args.load_best_model_at_end` is set to `True` (hf_lightning: set `metric_for_best_model`, e.g. 'loss')."
         )
     if save_strategy == "best" and eval_strategy == "no":
         # transformers accepts it (and never saves); so do we, with a warning.

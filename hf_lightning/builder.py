@@ -86,10 +86,17 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
             ``callbacks`` are appended after the hf_lightning ones; transformers ``TrainerCallback``s
             among them run through the flow callback. ``plugins`` are added to ``HFCheckpointIO``.
     """
+    if getattr(args, "auto_find_batch_size", False):
+        raise ValueError(
+            "`auto_find_batch_size=True` needs `hf_lightning.Trainer.train()`, which retries with half the batch size "
+            "on out-of-memory; with a lightning.Trainer use Lightning's `BatchSizeFinder` callback instead."
+        )
     return _build(args, overrides, seed=True)
 
 
 def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool) -> pl.Trainer:
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"`args` must be a transformers.TrainingArguments, got {type(args).__name__}.")
     overrides = dict(overrides)
     overlapping = {k: overrides.pop(k) for k in list(overrides) if k in overlaps.OVERLAPS or k in overlaps.REFUSED}
     overlaps.apply(args, overlapping)

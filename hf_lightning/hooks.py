@@ -366,6 +366,39 @@ class TrainerHooks:
         self._memory_tracker.stop_and_update_metrics(output.metrics)
         return output.metrics
 
+    def _evaluate(self, trial: Any, ignore_keys_for_eval: list[str] | None, skip_scheduler: bool = False) -> dict[str, float]:
+        """``Trainer._evaluate``: ``evaluate()`` during training, then the ReduceLROnPlateau/GreedyLR step."""
+        metrics = self.evaluate(ignore_keys=ignore_keys_for_eval)
+        from transformers.optimization import GreedyLR
+
+        if isinstance(self.lr_scheduler, (torch.optim.lr_scheduler.ReduceLROnPlateau, GreedyLR)) and not skip_scheduler:
+            metric_to_check = self.args.metric_for_best_model
+            if not metric_to_check.startswith("eval_"):
+                metric_to_check = f"eval_{metric_to_check}"
+            try:
+                self.lr_scheduler.step(metrics[metric_to_check])
+            except KeyError as exc:
+                raise KeyError(
+                    f"The `metric_for_best_model` training argument is set to '{metric_to_check}', "
+                    f"which is not found in the evaluation metrics. "
+                    f"The available evaluation metrics are: {list(metrics.keys())}. "
+                    f"Please ensure that the `compute_metrics` function returns a dictionary that includes '{metric_to_check}' or "
+                    f"consider changing the `metric_for_best_model` via the TrainingArguments."
+                ) from exc
+        return metrics
+
+    def _determine_best_metric(self, metrics: dict[str, float], trial: Any) -> bool:
+        """``Trainer._determine_best_metric``: update ``state.best_metric``/``best_global_step``; True for a new best."""
+        from .state import strategy_name, update_best_metric
+
+        return update_best_metric(
+            self.state,
+            metrics,
+            metric_for_best_model=self.args.metric_for_best_model,
+            greater_is_better=self.args.greater_is_better,
+            save_strategy=strategy_name(self.args.save_strategy),
+        )
+
     # -------------------------------------------------------------------------------- logging
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -81,6 +81,7 @@ def run_evaluation(
     ``description`` is ``"Prediction"`` for ``predict()`` (Lightning's test loop) and anything else for an
     evaluation (Lightning's validation loop).
     """
+    _log_evaluation_start(dataloader, description, module.args.per_device_eval_batch_size)
     request = EvalRequest(description, prediction_loss_only, ignore_keys, metric_key_prefix)
     module.eval_request = request
     loader = dataloader if isinstance(dataloader, EvalLoader) else EvalLoader(dataloader)
@@ -104,6 +105,23 @@ def run_evaluation(
     if request.output is None:
         raise RuntimeError(f"The {description.lower()} loop ran no batch: is the dataloader empty?")
     return request.output
+
+
+def _log_evaluation_start(dataloader: Any, description: str, batch_size: int) -> None:
+    """The lines transformers' ``evaluation_loop`` logs before its first batch."""
+    from transformers import trainer
+    from transformers.trainer_utils import has_length
+
+    trainer.logger.info(f"\n***** Running {description} *****")
+    loader = unwrap_loader(dataloader)
+    if has_length(loader):
+        try:
+            trainer.logger.info(f"  Num examples = {len(loader.dataset)}")
+        except (TypeError, AttributeError):
+            trainer.logger.info(f"  Num examples = {len(loader) * batch_size}")
+    else:
+        trainer.logger.info("  Num examples: Unknown")
+    trainer.logger.info(f"  Batch size = {batch_size}")
 
 
 def _validate_inside_fit(trainer: pl.Trainer, datamodule: Any, loader: Any) -> None:

@@ -239,7 +239,7 @@ class HFModule(pl.LightningModule):
             max_steps=self.args.max_steps,
             num_train_epochs=self.args.num_train_epochs,
             gradient_accumulation_steps=ga,
-            per_device_train_batch_size=self.args.per_device_train_batch_size,
+            per_device_train_batch_size=getattr(self.hooks, "_train_batch_size", self.args.per_device_train_batch_size),
             world_size=trainer.world_size,
             micro_batches_per_epoch=micro,
             num_examples=num_examples,
@@ -448,12 +448,6 @@ class HFModule(pl.LightningModule):
         value = torch.tensor(flos, dtype=torch.float64, device=self.device)
         return float(distributed.reduce_sum(strategy, value).item())
 
-    def plateau_step(self, metric: float) -> None:
-        """Step a ReduceLROnPlateau/GreedyLR scheduler with the eval metric (§6)."""
-        scheduler = self.lr_schedulers()
-        if scheduler is not None and is_plateau_scheduler(scheduler):
-            scheduler.step(metric)
-
     # ---------------------------------------------------------------------------- evaluation
 
     @property
@@ -541,11 +535,17 @@ class HFModule(pl.LightningModule):
             for key, value in state_dict.items()
             if key in expected and tuple(expected[key].shape) != tuple(value.shape)
         ]
-        if mismatched:
+        overridden = type(self.model).load_state_dict is not nn.Module.load_state_dict
+        if mismatched and not overridden:  # before anything is loaded: the model stays as it was
             raise CheckpointError(
                 f"{weights}: the weights do not fit {type(self.model).__name__}, {len(mismatched)} shapes differ: "
                 + "; ".join(mismatched[:10]) + (" ..." if len(mismatched) > 10 else "")
             )
+        if overridden:
+            # The model's own load_state_dict, non-strict, as transformers' _load_from_checkpoint calls it (this one
+            # resizes a buffer, say); Lightning then restores what the model now holds.
+            self.model.load_state_dict({k.removeprefix("model."): v for k, v in state_dict.items()}, False)
+            checkpoint["state_dict"] = self.state_dict()
         if "optimizer_states" not in checkpoint or "lr_schedulers" not in checkpoint:
             self._pending_checkpoint = checkpoint
             if self._trainer is not None and self.trainer.optimizers:

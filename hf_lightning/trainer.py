@@ -211,7 +211,11 @@ class Trainer(transformers.Trainer):
                 f"Can't find a valid checkpoint at {resume_from_checkpoint}: checkpoint folder not found (pass a "
                 "checkpoint-N folder, or True for the newest one in output_dir)."
             )
-        from accelerate.utils import find_executable_batch_size
+        if resume_from_checkpoint is not None and args.auto_find_batch_size:
+            state = hf_format.read_trainer_state(resume_from_checkpoint)
+            if state is not None and state.train_batch_size is not None:
+                self._train_batch_size = state.train_batch_size  # continue at the size the search settled on
+        from transformers.trainer_utils import find_executable_batch_size
 
         inner = find_executable_batch_size(self._fit, self._train_batch_size, args.auto_find_batch_size)
         return inner(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
@@ -264,6 +268,14 @@ class Trainer(transformers.Trainer):
             )
 
     # ------------------------------------------------------------------------------ saving
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """Write ``checkpoint-{global_step}`` now (what transformers' JIT checkpointing calls), atomically, on every rank."""
+        trainer, module = self.lightning_trainer, self.module
+        flow = None if trainer is None else next((cb for cb in trainer.callbacks if isinstance(cb, HFFlowCallback)), None)
+        if flow is None or module is None or flow.host is not self or not trainer.training:
+            raise RuntimeError("`_save_checkpoint` writes a checkpoint of the running training; call it during `train()`.")
+        flow._save(trainer, module)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """transformers' ``save_model``; under a sharding strategy the full weights are gathered first (a collective)."""

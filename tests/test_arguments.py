@@ -48,7 +48,6 @@ def test_markdown_table_is_printed_by_the_module(capsys):
 UNSUPPORTED_VALUES = {
     "use_liger_kernel": True,
     "liger_kernel_config": {"rope": True},
-    "auto_find_batch_size": True,
     "enable_jit_checkpoint": True,
     "push_to_hub": True,
     "parallelism_config": "tp=2",
@@ -87,11 +86,11 @@ def test_accelerator_config_harmless_fields_are_accepted(tmp_path):
 
 
 def test_all_problems_are_reported_at_once(tmp_path):
-    args = make_args(tmp_path, eval_strategy="steps", eval_steps=2, auto_find_batch_size=True, report_to="nonsense")
+    args = make_args(tmp_path, eval_strategy="steps", eval_steps=2, use_liger_kernel=True, report_to="nonsense")
     with pytest.raises(ValueError) as raised:
         validate_arguments(args, has_eval_dataset=False)
     message = str(raised.value)
-    assert "auto_find_batch_size" in message and "eval_dataset" in message and "'nonsense'" in message
+    assert "use_liger_kernel" in message and "eval_dataset" in message and "'nonsense'" in message
 
 
 # ------------------------------------------------------- rejected like transformers.Trainer does
@@ -295,3 +294,8 @@ def test_lightning_path_checks_datasets_before_training(tmp_path):
     with pytest.raises(ValueError, match="eval_strategy='steps'.*eval_dataset"):
         trainer.fit(module, datamodule=hf_lightning.HFDataModule(args, train_dataset=RegressionDataset(8)))
     assert trainer.global_step == 0
+
+
+def test_auto_find_batch_size_needs_the_facade(tmp_path):
+    with pytest.raises(ValueError, match="auto_find_batch_size=True.*hf_lightning.Trainer.*BatchSizeFinder"):
+        hf_lightning.build_trainer(make_args(tmp_path, auto_find_batch_size=True))

@@ -37,6 +37,13 @@ __all__ = ["HFFlowCallback", "FlowDecisions", "LightningLoggers"]
 log = logging.getLogger(__name__)
 
 
+def _trainer_logger() -> Any:
+    """transformers.Trainer's logger: the messages transformers logs go where its users (and tests) look."""
+    from transformers import trainer
+
+    return trainer.logger
+
+
 class FlowDecisions(DefaultFlowCallback):
     """``DefaultFlowCallback``'s place in the callback list, deciding with ``schedule``'s pure functions."""
 
@@ -276,7 +283,7 @@ class HFFlowCallback(Callback):
         stateful = [cb for cb in self.handler.callbacks + [self.control] if isinstance(cb, ExportableState)]
         state = TrainerState(stateful_callbacks=stateful)
         state.is_hyper_param_search = self.trial is not None
-        state.train_batch_size = args.per_device_train_batch_size
+        state.train_batch_size = getattr(host, "_train_batch_size", args.per_device_train_batch_size)
         for kind in ("logging", "eval", "save"):
             value = getattr(args, f"{kind}_steps")
             if value is not None:
@@ -285,9 +292,9 @@ class HFFlowCallback(Callback):
         if self.resume is not None:
             host.state = state = self.resume["state"]
             if state.best_model_checkpoint is not None and not os.path.isdir(state.best_model_checkpoint):
-                log.warning(
-                    "The best checkpoint %s recorded in the resumed state does not exist anymore. Ignoring it for this run.",
-                    state.best_model_checkpoint,
+                _trainer_logger().warning(
+                    f"The best checkpoint {state.best_model_checkpoint} recorded in the resumed state does not "
+                    "exist anymore. Ignoring it for this run."
                 )
                 state.best_model_checkpoint = None
             self._load_callback_state()
@@ -319,6 +326,7 @@ class HFFlowCallback(Callback):
         from ..loops import unwrap_loader
 
         handler.train_dataloader = unwrap_loader(trainer.train_dataloader)
+        _log_training_start(host, plan, args, state, resumed=self.resume is not None, skip=self._skip_groups)
         self.event("on_train_begin")
         if args.eval_on_start:
             self._evaluate(trainer, pl_module, skip_scheduler=True)
@@ -404,13 +412,7 @@ class HFFlowCallback(Callback):
             self._log_training(trainer, pl_module)
         if self.control.should_evaluate:
             metrics = self._evaluate(trainer, pl_module)
-            new_best = hf_state.update_best_metric(
-                self.state,
-                metrics,
-                metric_for_best_model=self.args.metric_for_best_model,
-                greater_is_better=self.args.greater_is_better,
-                save_strategy=hf_state.strategy_name(self.args.save_strategy),
-            )
+            new_best = self.host._determine_best_metric(metrics, self.trial)
             if hf_state.strategy_name(self.args.save_strategy) == "best":
                 self.control.should_save = new_best
         if self.control.should_save:
@@ -433,25 +435,9 @@ class HFFlowCallback(Callback):
                 pl_module.log(key, torch.tensor(logs[key]), logger=False, on_step=True, on_epoch=False)
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: Any, *, skip_scheduler: bool = False) -> dict[str, float]:
-        """``Trainer._evaluate``: the host's ``evaluate``, the hyper-parameter search report, the plateau scheduler."""
+        """The host's ``_evaluate``: ``evaluate()``, the hyper-parameter search report, the plateau scheduler step."""
         self._sync_tokens()
-        host = self.host
-        metrics = host.evaluate(ignore_keys=self.ignore_keys_for_eval)
-        if self.trial is not None and callable(getattr(host, "_report_to_hp_search", None)):
-            host._report_to_hp_search(self.trial, self.state.global_step, metrics)
-        if not skip_scheduler:
-            if self.args.metric_for_best_model is not None:
-                name = hf_state.metric_name_for_best(self.args.metric_for_best_model)
-                if _has_plateau(pl_module):
-                    if name not in metrics:
-                        raise KeyError(
-                            f"The `metric_for_best_model` training argument is set to '{name}', which is not found in the "
-                            f"evaluation metrics. The available evaluation metrics are: {list(metrics.keys())}."
-                        )
-                    pl_module.plateau_step(metrics[name])
-            elif _has_plateau(pl_module) and "eval_loss" in metrics:
-                pl_module.plateau_step(metrics["eval_loss"])
-        return metrics
+        return self.host._evaluate(self.trial, self.ignore_keys_for_eval, skip_scheduler=skip_scheduler)
 
     def _save(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if self.checkpointer is None:
@@ -575,6 +561,7 @@ class HFFlowCallback(Callback):
         """``Trainer._finalize_training``: the summary log, the best model, the ``save_total_limit=1`` rule, ``on_train_end``."""
         from transformers.trainer_utils import TrainOutput
 
+        _trainer_logger().info("\n\nTraining completed. Do not forget to share your model on huggingface.co/models =)\n\n")
         remaining = pl_module.pop_train_loss()
         self._total_loss_scalar += remaining
         steps = self.state.global_step - self._initial_global_step
@@ -620,8 +607,11 @@ class HFFlowCallback(Callback):
                 else:
                     rebuilt.append(new)
                 handler.remove_callback(type(new))
+            _trainer_logger().info("Continuing training from checkpoint, restoring any callbacks that were passed in")
         if not_found:
-            log.warning("Checkpoint included callbacks not included in current configuration. Ignoring. (%s)", ", ".join(not_found))
+            _trainer_logger().warning(
+                f"Checkpoint included callbacks not included in current configuration. Ignoring. ({', '.join(not_found)})"
+            )
         for callback in rebuilt:
             handler.add_callback(callback)
 
@@ -642,6 +632,33 @@ class HFFlowCallback(Callback):
             else:
                 self.state.stateful_callbacks[name] = callback.state()
         return self.state
+
+
+def _log_training_start(host: Any, plan: Any, args: TrainingArguments, state: TrainerState, *, resumed: bool, skip: int) -> None:
+    """The ``***** Running training *****`` block transformers logs before the first step."""
+    from transformers.trainer_pt_utils import get_model_param_count
+
+    logger = _trainer_logger()
+    batch_size = getattr(host, "_train_batch_size", args.per_device_train_batch_size)
+    logger.info("***** Running training *****")
+    logger.info(f"  Num examples = {plan.num_examples:,}")
+    logger.info(f"  Num Epochs = {plan.num_train_epochs:,}")
+    logger.info(f"  Num update steps per epoch = {plan.updates_per_epoch:,}")
+    logger.info(f"  Instantaneous batch size per device = {args.per_device_train_batch_size:,}")
+    if args.per_device_train_batch_size != batch_size:
+        logger.info(f"  Training with DataParallel so batch size has been adjusted to: {batch_size:,}")
+    logger.info(f"  Total train batch size (w. parallel, distributed & accumulation) = {plan.total_train_batch_size:,}")
+    logger.info(f"  Gradient Accumulation steps = {args.gradient_accumulation_steps}")
+    logger.info(f"  Total optimization steps = {plan.max_steps:,}")
+    logger.info(f"  Number of trainable parameters = {get_model_param_count(host.model, trainable_only=True):,}")
+    if resumed:
+        epochs = state.global_step // max(plan.updates_per_epoch, 1)
+        logger.info(f"  Resuming training from checkpoint with epoch {epochs} and global step {state.global_step}")
+        if not args.ignore_data_skip:
+            logger.info(
+                f"  Fast-forwarding the dataloader past {epochs} epochs and {skip * args.gradient_accumulation_steps} "
+                "batches to resume from the exact training state."
+            )
 
 
 def _init_training_references(host: Any, state: TrainerState, plan: Any, trial: Any, trainer: pl.Trainer) -> None:
@@ -718,15 +735,6 @@ def _validate_fit(args: TrainingArguments, trainer: pl.Trainer, pl_module: Any) 
         optimizers=(hooks.optimizer, hooks.lr_scheduler),
         optimizer_cls_and_kwargs=hooks.optimizer_cls_and_kwargs,
     )
-
-
-def _has_plateau(pl_module: Any) -> bool:
-    from ..optim import is_plateau_scheduler
-
-    try:
-        return is_plateau_scheduler(pl_module.lr_schedulers())
-    except Exception:
-        return False
 
 
 def _fast_forward_loops(trainer: pl.Trainer, global_step: int, epochs_trained: int) -> None:
