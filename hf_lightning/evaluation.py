@@ -140,7 +140,9 @@ class EvalAccumulator:
         observed = find_batch_size(inputs)
         if observed is not None:
             self._observed += observed
-        batch_size = observed if observed is not None else self.eval_batch_size
+        # transformers repeats each batch's loss eval_batch_size times; gather_for_metrics then drops what the last
+        # batch repeats (see distributed.EvalGather)
+        batch_size = self.eval_batch_size if self.eval_batch_size is not None else observed
         keep = self.keep_predictions
         losses = None
         if loss is not None:

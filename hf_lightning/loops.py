@@ -47,7 +47,9 @@ class EvalLoader:
         self.loader = loader
 
     def __iter__(self) -> Any:
-        return iter(self.loader)
+        # A generator: Lightning calls iter() to check the loader; a DataLoader's iterator would draw its seed
+        # from the global RNG right then, not when the evaluation starts as under transformers.
+        yield from self.loader
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -285,14 +287,11 @@ class EvalRuns:
                 "gathered as tensors. Return tensors from the model, or evaluate on one process."
             )
         gather = distributed.EvalGather(
-            trainer.strategy,
-            num_samples=self._dataset_len(stage, index),
-            batch_size=args.per_device_eval_batch_size,
-            drop_last=args.dataloader_drop_last,
+            trainer.strategy, remainder=distributed.gather_remainder(unwrap_loader(self.dataloader(stage, index)))
         )
         accumulator = EvalAccumulator(
             prefix=self._prefix(stage, index),
-            eval_batch_size=args.per_device_eval_batch_size,
+            eval_batch_size=args.eval_batch_size,
             compute_metrics=hooks.compute_metrics,
             preprocess_logits_for_metrics=hooks.preprocess_logits_for_metrics,
             include_for_metrics=list(args.include_for_metrics or []),

@@ -40,7 +40,7 @@ HF_CHECKPOINT_KEY = "hf_lightning"
 # checks for them (a few µs each).
 _PLAIN_ATTRIBUTES = frozenset(
     {"_current_fx_name", "_tr_loss", "_grad_norm", "_learning_rate", "_tokens_pending", "_tokens_pending_host",
-     "current_flos", "last_logged_step", "stepped", "end_of_data", "step_was_skipped", "eval_request"}
+     "current_flos", "last_logged_step", "stepped", "end_of_data", "step_was_skipped", "eval_request", "model_written"}
 )
 
 
@@ -123,6 +123,8 @@ class HFModule(pl.LightningModule):
         self.end_of_data = False
         """The last training batch found the end of the (unsized) data."""
         self.step_was_skipped = False
+        self.model_written = False
+        """The host's own ``save_model`` wrote the model files of the checkpoint being saved."""
         self._parameters_for_clipping: list[nn.Parameter] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -256,12 +258,14 @@ class HFModule(pl.LightningModule):
             # transformers rebuilds the scheduler it created for each train() (the schedule length may change)
             hooks.lr_scheduler = None
             hooks._created_lr_scheduler = False
-        hooks.create_optimizer_and_scheduler(num_training_steps=self.train_plan.max_steps)
+        # What Trainer._prepare_for_training calls (not create_optimizer_and_scheduler, which train() never calls).
+        hooks.create_optimizer()
+        hooks.create_scheduler(num_training_steps=self.train_plan.max_steps)
         optimizer, scheduler = hooks.optimizer, hooks.lr_scheduler
         if optimizer is None:
             raise ValueError(
-                f"`{type(hooks).__name__}.create_optimizer_and_scheduler` left `optimizer` unset: it must create the "
-                "optimizer (set `self.optimizer`), as transformers.Trainer's does."
+                f"`{type(hooks).__name__}.create_optimizer` left `self.optimizer` unset: it must create the optimizer "
+                "and keep it in `self.optimizer`, as transformers.Trainer's does."
             )
         self._fill_missing_training_state(optimizer, scheduler)
         config: dict[str, Any] = {"optimizer": optimizer}
@@ -501,7 +505,8 @@ class HFModule(pl.LightningModule):
         collator = getattr(self.hooks, "data_collator", None)
         extras = checkpoint.setdefault(HF_CHECKPOINT_KEY, {})
         extras.update(
-            {"model": self.model, "processing_class": self.processing_class, "data_collator": collator, "args": self.args}
+            {"model": self.model, "processing_class": self.processing_class, "data_collator": collator, "args": self.args,
+             "model_written": self.model_written}
         )
 
     @override

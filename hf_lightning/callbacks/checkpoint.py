@@ -151,7 +151,16 @@ class HFCheckpoint(Checkpoint):
             snapshot = snapshot_state(checkpoint) if trainer.is_global_zero else None
             del checkpoint
         else:
-            trainer.save_checkpoint(tmp, weights_only=weights_only)
+            host = getattr(pl_module, "hooks", None)
+            if host is not None and saves_model_itself(host):
+                # transformers' _save_checkpoint writes the model through save_model(output_dir, _internal_call=True);
+                # a subclass's override does it here too (on every rank), into the folder being written.
+                host.save_model(tmp, _internal_call=True)
+                pl_module.model_written = True
+            try:
+                trainer.save_checkpoint(tmp, weights_only=weights_only)
+            finally:
+                pl_module.model_written = False
         state = self.flow.state
         if strategy_name(args.save_strategy) in ("steps", "epoch", "best") and state.best_global_step:
             best = os.path.join(self.output_dir, hf_format.checkpoint_name(state.best_global_step))
@@ -220,6 +229,16 @@ class HFCheckpoint(Checkpoint):
                 if not os.path.samefile(checkpoint, state.best_model_checkpoint):
                     hf_format.delete_checkpoint(checkpoint)
         trainer.strategy.barrier("hf_finish_training")
+
+
+def saves_model_itself(host: Any) -> bool:
+    """The host overrides ``save_model`` (transformers' or hf_lightning's own are written by ``HFCheckpointIO``)."""
+    import transformers
+
+    from ..loops import LightningHooks
+    from ..trainer import Trainer
+
+    return type(host).save_model not in (transformers.Trainer.save_model, Trainer.save_model, LightningHooks.save_model)
 
 
 def load_weights_into(trainer: pl.Trainer | None, pl_module: Any, checkpoint_dir: str) -> None:
