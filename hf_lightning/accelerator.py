@@ -70,6 +70,12 @@ class LightningAccelerator:
         self.state.process_index = self.process_index
         self.state.mixed_precision = self.mixed_precision
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "trainer": None, "module": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(
             f"hf_lightning's accelerator (a Lightning-backed stand-in for accelerate.Accelerator) has no `{name}`; "

@@ -28,15 +28,12 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import nn
-from torch.utils.data import BatchSampler, Sampler, SequentialSampler
 from transformers import TrainingArguments
 from transformers.trainer import FSDP_MODEL_NAME, OPTIMIZER_NAME, OPTIMIZER_NAME_BIN
-from transformers.trainer_pt_utils import LengthGroupedSampler
 from typing_extensions import override
 
 from . import hf_format
 from .hf_format import CheckpointError
-from .state import strategy_name
 
 __all__ = [
     "FSDP2Strategy",

@@ -23,7 +23,9 @@ Lightning layer provides, or through the ``evaluation_loop``/``get_*_dataloader`
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
+import re
 import logging
 import math
 import time
@@ -41,7 +43,7 @@ from transformers.utils import can_return_loss, find_labels
 
 from .state import MemoryTracker
 
-__all__ = ["TrainerHooks", "introspect_model", "OVERRIDE_POINTS"]
+__all__ = ["TrainerHooks", "introspect_model", "default_ignore_keys", "is_plateau_scheduler", "OVERRIDE_POINTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,31 @@ OVERRIDE_POINTS = (
 
 # transformers.Trainer.get_decay_parameter_names' patterns (matched on lower-cased names).
 _NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+
+
+def is_plateau_scheduler(scheduler: Any) -> bool:
+    """Schedulers that transformers steps with the eval metric instead of every optimizer step."""
+    from transformers.optimization import GreedyLR
+
+    return isinstance(scheduler, (torch.optim.lr_scheduler.ReduceLROnPlateau, GreedyLR))
+
+
+@functools.lru_cache(maxsize=1)
+def default_ignore_keys() -> list[str]:
+    """The output keys ``Trainer.prediction_step`` of the installed transformers leaves out of the predictions
+    when the model's config names none (``["cache"]`` in transformers 5)."""
+    import ast
+
+    from transformers import Trainer
+
+    try:
+        source = inspect.getsource(Trainer.prediction_step)
+        found = re.search(r'keys_to_ignore_at_inference",\s*(\[[^\]]*\])', source)
+        if found:
+            return list(ast.literal_eval(found.group(1)))
+    except (OSError, TypeError, ValueError, SyntaxError):
+        pass
+    return ["cache"]
 
 
 def introspect_model(model: nn.Module, args: TrainingArguments) -> dict[str, Any]:
@@ -270,7 +297,7 @@ class TrainerHooks:
         inputs = _prepared(inputs)
         if ignore_keys is None:
             if hasattr(self.model, "config"):
-                ignore_keys = getattr(self.model.config, "keys_to_ignore_at_inference", ["cache"])
+                ignore_keys = getattr(self.model.config, "keys_to_ignore_at_inference", default_ignore_keys())
             else:
                 ignore_keys = []
         if has_labels or loss_without_labels:
@@ -369,9 +396,7 @@ class TrainerHooks:
     def _evaluate(self, trial: Any, ignore_keys_for_eval: list[str] | None, skip_scheduler: bool = False) -> dict[str, float]:
         """``Trainer._evaluate``: ``evaluate()`` during training, then the ReduceLROnPlateau/GreedyLR step."""
         metrics = self.evaluate(ignore_keys=ignore_keys_for_eval)
-        from transformers.optimization import GreedyLR
-
-        if isinstance(self.lr_scheduler, (torch.optim.lr_scheduler.ReduceLROnPlateau, GreedyLR)) and not skip_scheduler:
+        if is_plateau_scheduler(self.lr_scheduler) and not skip_scheduler:
             metric_to_check = self.args.metric_for_best_model
             if not metric_to_check.startswith("eval_"):
                 metric_to_check = f"eval_{metric_to_check}"

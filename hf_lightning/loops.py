@@ -300,7 +300,9 @@ class EvalRuns:
             eval_do_concat_batches=args.eval_do_concat_batches,
             logging_nan_inf_filter=args.logging_nan_inf_filter,
             keep_predictions=not args.batch_eval_metrics or prediction,
-            gather=gather.gather,
+            # the host's gather_function: accelerator.gather_for_metrics (drops what evens out the last batch), or
+            # accelerator.gather, which Seq2SeqTrainer sets for its evaluate()/predict()
+            gather=lambda data: (getattr(hooks, "gather_function", None) or hooks.accelerator.gather_for_metrics)(data),
             pad=gather.pad,
         )
         # torchmetrics need the logits even when no compute_metrics asks for predictions; they are not kept then.

@@ -28,8 +28,7 @@ from typing_extensions import override
 from . import distributed
 from .callbacks.metrics import TorchMetrics
 from .data import GroupedLoader, micro_batches
-from .hooks import TrainerHooks
-from .optim import is_plateau_scheduler
+from .hooks import TrainerHooks, is_plateau_scheduler
 from .schedule import TrainPlan, plan_training
 
 __all__ = ["HFModule"]

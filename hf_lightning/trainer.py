@@ -14,6 +14,7 @@ that trainer and ``transformers.Trainer`` in the method resolution order.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import transformers
-from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.callbacks import Callback
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import EvalLoopOutput, TrainOutput, enable_full_determinism, set_seed
@@ -146,7 +147,7 @@ class Trainer(transformers.Trainer):
     def create_accelerator_and_postprocess(self) -> None:
         """The accelerator is Lightning's strategy, seen through ``LightningAccelerator``."""
         self.accelerator = LightningAccelerator(self.args)
-        self.gather_function = self.accelerator.gather_for_metrics
+        self.gather_function = functools.partial(self.accelerator.gather_for_metrics, use_gather_object=self.args.eval_use_gather_object)
         self.is_deepspeed_enabled = False
         self.is_fsdp_enabled = False
         if self.lightning_trainer is not None and self.module is not None:
@@ -255,17 +256,26 @@ class Trainer(transformers.Trainer):
             self.model_preparation_time = round(time.time() - start, 4)  # nothing to prepare: Lightning places the model
         if hasattr(self.optimizer, "eval") and callable(self.optimizer.eval):
             self.optimizer.eval()
-        with lightning_info_muted():
-            return run_evaluation(
-                trainer,
-                self.module,
-                self.datamodule,
-                dataloader,
-                description=description,
-                prediction_loss_only=prediction_loss_only,
-                ignore_keys=ignore_keys,
-                metric_key_prefix=metric_key_prefix,
-            )
+        try:
+            with lightning_info_muted():
+                return run_evaluation(
+                    trainer,
+                    self.module,
+                    self.datamodule,
+                    dataloader,
+                    description=description,
+                    prediction_loss_only=prediction_loss_only,
+                    ignore_keys=ignore_keys,
+                    metric_key_prefix=metric_key_prefix,
+                )
+        finally:
+            self.gather_function = self.accelerator.gather_for_metrics  # what transformers' evaluation_loop resets it to
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (Ray Tune ships the trainer to its workers): the Lightning objects are rebuilt on first use."""
+        state = dict(self.__dict__)
+        state.update(lightning_trainer=None, module=None, datamodule=None)
+        return state
 
     # ------------------------------------------------------------------------------ saving
 
