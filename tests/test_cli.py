@@ -159,6 +159,40 @@ def test_config_errors_name_the_key(workdir, tmp_path, capsys, overrides, key):
     assert key in message.rsplit("error:", 1)[-1], message[-500:]
 
 
+def test_typo_in_model_config_is_refused_with_the_valid_fields(workdir, tmp_path, capsys):
+    """transformers keeps ``hiden_size`` as a stray attribute and builds a 768-wide BERT; the CLI refuses it first."""
+    config = classification_config(workdir, tmp_path, max_steps=2)
+    config["model"]["config"] = {**TINY_BERT, "hiden_size": 16, "num_beams": 2}
+    message = cli_error(["fit", "--config", write_config(workdir / "typo.yaml", config)], capsys)
+    assert "model.config.hiden_size: BertConfig (model_type 'bert') has no field 'hiden_size'; did you mean 'hidden_size'?" in message
+    assert "model.config.num_beams: a generation setting" in message
+    fields = message.split("BertConfig's fields: ", 1)[1]
+    assert all(name in fields for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"))
+    assert "Generating" not in message  # refused before any data is read
+
+
+@pytest.mark.parametrize(
+    "config,problems",
+    [
+        (TINY_BERT, []),
+        (TINY_LLAMA, []),
+        (TINY_T5, []),  # decoder_start_token_id: not a T5Config field, but a key every config accepts
+        ({**TINY_BERT, "hiden_size": 16}, ["model.config.hiden_size: BertConfig (model_type 'bert') has no field 'hiden_size'; did you mean 'hidden_size'?"]),
+        ({**TINY_T5, "hidden_size": 16}, []),  # T5Config.attribute_map: hidden_size -> d_model
+        ({**TINY_LLAMA, "num_kv_heads": 2}, ["model.config.num_kv_heads: LlamaConfig (model_type 'llama') has no field 'num_kv_heads'; did you mean 'num_key_value_heads'?"]),
+        ({**TINY_T5, "num_beams": 4}, ["model.config.num_beams: a generation setting, which transformers drops from a model config (it belongs to the model's GenerationConfig)."]),
+        ({"model_type": "bertt"}, ["model.config.model_type: 'bertt' is not a transformers model type; did you mean 'bert', 'ibert', 'hubert'?"]),
+    ],
+)
+def test_config_problems(config, problems):
+    from hf_lightning.specs import config_problems
+
+    found = config_problems(config)
+    assert [p for p in found if not p.startswith("  ")] == problems
+    if problems and "model_type" not in problems[0]:
+        assert found[-1].startswith(f"  {'T5' if config['model_type'] == 't5' else config['model_type'].capitalize()}Config's fields: ")
+
+
 def test_missing_model_is_reported_with_every_problem(workdir, tmp_path, capsys):
     config = classification_config(workdir, tmp_path, max_steps=2)
     config["model"] = {"metrics": None}
