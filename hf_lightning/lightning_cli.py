@@ -88,7 +88,7 @@ def lightning_overrides(
         logger: Lightning loggers added to those of ``args.report_to``.
         callbacks: Lightning Callbacks and transformers TrainerCallbacks (e.g. ``transformers.EarlyStoppingCallback``).
         enable_progress_bar: show Lightning's progress bar (default: ``not args.disable_tqdm``).
-        enable_model_summary: print the model summary at the start.
+        enable_model_summary: print the model summary at the start (default: off).
         profiler: simple, advanced, pytorch or a Profiler.
         detect_anomaly: torch autograd anomaly detection.
         sync_batchnorm: synchronise batch norm layers across processes.
