@@ -24,6 +24,7 @@ from .callbacks.checkpoint import HFCheckpoint, install_checkpoint_connector
 from .callbacks.flow import HFFlowCallback
 from .callbacks.progress import HFProgressBar
 from .checkpoint_io import HFCheckpointIO
+from .console import lightning_banners_muted
 
 __all__ = ["build_trainer", "make_loggers", "lightning_info_muted"]
 
@@ -133,6 +134,7 @@ def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool) ->
         "use_distributed_sampler": False,
         "check_val_every_n_epoch": 1,
         "log_every_n_steps": 1,
+        "enable_model_summary": False,  # quiet by default (issue 11): pass enable_model_summary=True to see it
         # transformers evaluates under torch.no_grad(): tensors a model caches while evaluating stay usable in training
         "inference_mode": False,
         **trainer_limits(args),
@@ -148,7 +150,8 @@ def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool) ->
     strategy = distributed.resolve_strategy(args, kwargs)
     if strategy is not None:
         kwargs["strategy"] = strategy
-    trainer = pl.Trainer(**kwargs)
+    with lightning_banners_muted():  # quiet by default (issue 11): no hardware/tip banners, see console.BANNERS
+        trainer = pl.Trainer(**kwargs)
     distributed.prepare_launcher(trainer)
     install_checkpoint_connector(trainer)
     set_process_log_level(args, trainer)  # again in HFFlowCallback.setup, where spawned ranks are known
