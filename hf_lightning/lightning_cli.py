@@ -394,7 +394,8 @@ class HFLightningCLI(LightningCLI):
             parser.error(str(error))
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        from .builder import build_trainer, make_loggers
+        from . import overlaps
+        from .builder import build_trainer
 
         overrides = dict(self._get(self.config_init, "trainer") or {})
         overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -404,10 +405,8 @@ class HFLightningCLI(LightningCLI):
             callbacks.append(
                 self.save_config_callback(self._parser(self.subcommand), self.config[self.subcommand], **self.save_config_kwargs)
             )
-        extra_loggers = overrides.pop("logger", None)
-        if extra_loggers:
-            extra_loggers = extra_loggers if isinstance(extra_loggers, list) else [extra_loggers]
-            overrides["logger"] = [*make_loggers(self.training_args)[0], *extra_loggers]  # type: ignore[arg-type]
+        # lightning.Trainer settings the config leaves at their defaults are not asked for (overlaps.py's rule)
+        overrides = {k: v for k, v in overrides.items() if k not in overlaps.LIGHTNING_DEFAULTS or v != overlaps.LIGHTNING_DEFAULTS[k]}
         try:
             return build_trainer(self.training_args, callbacks=callbacks, **overrides)  # type: ignore[arg-type]
         except ValueError as error:
