@@ -27,7 +27,7 @@ PREDICTION_DESCRIPTION = "Prediction"  # transformers' predict(): evaluation_loo
 
 def loop_description(description: str, dataset_names: list[str] | None, dataloader_idx: int) -> str:
     """The bar's name for eval loader ``dataloader_idx``: ``Evaluation``, or ``Evaluation (name)`` for a dict of eval sets."""
-    if dataset_names and len(dataset_names) > 1 and dataloader_idx < len(dataset_names):
+    if dataset_names and dataloader_idx < len(dataset_names):
         return f"{description} ({dataset_names[dataloader_idx]})"
     return description
 
@@ -192,6 +192,15 @@ def _lightning_epoch(trainer: pl.Trainer) -> float:
 
 
 def _eval_names(trainer: pl.Trainer) -> list[str] | None:
-    """The names of a dict of eval sets (``HFDataModule(eval_dataset={...})``), in loader order."""
+    """The names of a dict of eval sets (``HFDataModule(eval_dataset={...})``), in loader order.
+
+    ``evaluate()`` runs one loop per named set (metric prefix ``eval_<name>``): that loop's one name.
+    """
     eval_dataset = getattr(getattr(trainer, "datamodule", None), "eval_dataset", None)
-    return list(eval_dataset) if isinstance(eval_dataset, Mapping) else None
+    if not isinstance(eval_dataset, Mapping):
+        return None
+    request = getattr(trainer.lightning_module, "eval_request", None)
+    if request is not None:
+        name = next((n for n in eval_dataset if request.metric_key_prefix.endswith(f"_{n}")), None)
+        return None if name is None else [name]
+    return list(eval_dataset)
