@@ -27,7 +27,7 @@ PREDICTION_DESCRIPTION = "Prediction"  # transformers' predict(): evaluation_loo
 
 def loop_description(description: str, dataset_names: list[str] | None, dataloader_idx: int) -> str:
     """The bar's name for eval loader ``dataloader_idx``: ``Evaluation``, or ``Evaluation (name)`` for a dict of eval sets."""
-    if dataset_names and dataloader_idx < len(dataset_names):
+    if dataset_names and len(dataset_names) > 1 and dataloader_idx < len(dataset_names):
         return f"{description} ({dataset_names[dataloader_idx]})"
     return description
 
@@ -147,7 +147,7 @@ class HFProgressBar(TQDMProgressBar):
         if not self.has_dataloader_changed(dataloader_idx):
             return
         self._restart(self.val_progress_bar, self.total_val_batches_current_dataloader,
-                      loop_description(self.validation_description, _eval_names(trainer), dataloader_idx))
+                      loop_description(self.validation_description, _eval_names(trainer), _eval_index(trainer, dataloader_idx)))
 
     @override
     def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -191,16 +191,18 @@ def _lightning_epoch(trainer: pl.Trainer) -> float:
     return trainer.current_epoch + (done / batches if batches else 0.0)
 
 
-def _eval_names(trainer: pl.Trainer) -> list[str] | None:
-    """The names of a dict of eval sets (``HFDataModule(eval_dataset={...})``), in loader order.
-
-    ``evaluate()`` runs one loop per named set (metric prefix ``eval_<name>``): that loop's one name.
-    """
+def _eval_index(trainer: pl.Trainer, dataloader_idx: int) -> int:
+    """The position of the named eval set an ``evaluate()`` loop runs on (it runs one set per loop)."""
     eval_dataset = getattr(getattr(trainer, "datamodule", None), "eval_dataset", None)
-    if not isinstance(eval_dataset, Mapping):
-        return None
     request = getattr(trainer.lightning_module, "eval_request", None)
-    if request is not None:
-        name = next((n for n in eval_dataset if request.metric_key_prefix.endswith(f"_{n}")), None)
-        return None if name is None else [name]
-    return list(eval_dataset)
+    if isinstance(eval_dataset, Mapping) and request is not None:
+        for index, name in enumerate(eval_dataset):
+            if request.metric_key_prefix.endswith(f"_{name}"):
+                return index
+    return dataloader_idx
+
+
+def _eval_names(trainer: pl.Trainer) -> list[str] | None:
+    """The names of a dict of eval sets (``HFDataModule(eval_dataset={...})``), in loader order."""
+    eval_dataset = getattr(getattr(trainer, "datamodule", None), "eval_dataset", None)
+    return list(eval_dataset) if isinstance(eval_dataset, Mapping) else None
