@@ -15,7 +15,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.profilers import PassThroughProfiler
 from transformers import TrainerCallback, TrainingArguments
+from typing_extensions import override
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from . import distributed, overlaps
@@ -144,6 +146,7 @@ def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool) ->
     if args.full_determinism:
         kwargs["deterministic"] = True
     kwargs.update(overrides)
+    kwargs.setdefault("profiler", _NoProfiler())
     kwargs["precision"] = precision_for(args, _device_type(kwargs.get("accelerator", "auto")))
     if kwargs["enable_progress_bar"] and not any(isinstance(cb, ProgressBar) for cb in pl_callbacks):
         kwargs["callbacks"].append(HFProgressBar())
@@ -182,6 +185,8 @@ def adopt_trainer(trainer: pl.Trainer, args: TrainingArguments) -> list[Callback
     trainer.num_sanity_val_steps = 0
     for loop in (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop, trainer.test_loop):
         loop.inference_mode = False  # as build_trainer: tensors a model caches while evaluating stay usable in training
+    if type(trainer.profiler) is PassThroughProfiler:
+        trainer.profiler = _NoProfiler()
     strategy = trainer.strategy
     if type(strategy.checkpoint_io) is TorchCheckpointIO:
         strategy.checkpoint_io = HFCheckpointIO()
@@ -218,6 +223,17 @@ def _is_default_model_checkpoint(callback: Any) -> bool:
         and callback._every_n_epochs == 1
         and callback._train_time_interval is None
     )
+
+
+class _NoProfiler(PassThroughProfiler):
+    """Lightning's default profiler, which measures nothing, without a generator-based context around every hook
+    (a few Python calls per hook, some twenty hooks per step). Pass ``profiler=`` to profile."""
+
+    _nothing = contextlib.nullcontext()
+
+    @override
+    def profile(self, action_name: str) -> contextlib.AbstractContextManager:
+        return self._nothing
 
 
 def _user_loggers(logger: Any, args: TrainingArguments) -> list[Any]:

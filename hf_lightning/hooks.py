@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import operator
 import re
+import weakref
 import logging
 import math
 import time
@@ -46,6 +48,8 @@ from .state import MemoryTracker
 __all__ = ["TrainerHooks", "introspect_model", "default_ignore_keys", "is_plateau_scheduler", "OVERRIDE_POINTS"]
 
 logger = logging.getLogger(__name__)
+
+_TRAINING = operator.attrgetter("training")
 
 # The methods of transformers.Trainer that the Lightning layer calls (and so a subclass may override).
 OVERRIDE_POINTS = (
@@ -71,6 +75,34 @@ OVERRIDE_POINTS = (
 
 # transformers.Trainer.get_decay_parameter_names' patterns (matched on lower-cased names).
 _NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+
+
+_TRAIN_MODE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, skipped when it would change nothing: every module is already in training mode and none
+    has a ``train`` of its own (transformers' ``PreTrainedModel.train`` only acts when the top module's mode changes).
+
+    transformers calls ``model.train()`` at every micro-batch; walking the module tree each time is most of a
+    small model's per-step overhead. The module list is taken once per model (``clear_train_mode_cache`` after
+    the model changes).
+    """
+    cached = _TRAIN_MODE_CACHE.get(model)
+    if cached is None:
+        from transformers import PreTrainedModel
+
+        modules = list(model.modules())
+        plain = all(type(m).train in (nn.Module.train, PreTrainedModel.train) for m in modules)
+        cached = _TRAIN_MODE_CACHE[model] = (modules, plain)
+    modules, plain = cached
+    if not (plain and all(map(_TRAINING, modules))):
+        model.train()
+
+
+def clear_train_mode_cache(model: nn.Module) -> None:
+    """Forget the module list ``train_mode`` keeps for ``model`` (call when the model may have changed)."""
+    _TRAIN_MODE_CACHE.pop(model, None)
 
 
 def is_plateau_scheduler(scheduler: Any) -> bool:
@@ -253,7 +285,7 @@ class TrainerHooks:
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
         """``Trainer.training_step``: forward and loss, the accumulation scaling, backward; the detached loss."""
-        model.train()
+        train_mode(model)
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         inputs = _prepared(inputs)

@@ -125,6 +125,12 @@ class HFModule(pl.LightningModule):
         self.model_written = False
         """The host's own ``save_model`` wrote the model files of the checkpoint being saved."""
         self._parameters_for_clipping: list[nn.Parameter] | None = None
+        self._step_optimizer: Any = None
+        self._step_scheduler: Any = None
+        self._scaler: Any = None
+        self._defers_sync = True
+        self._plain_transfer = False
+        self._device_for_batches: Any = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _PLAIN_ATTRIBUTES:
@@ -317,11 +323,21 @@ class HFModule(pl.LightningModule):
         if isinstance(loader, GroupedLoader):
             loader.set_epoch(self.trainer.current_epoch)
 
+    def _to_device(self, micro: Any) -> Any:
+        """A drawn micro-batch onto the device, through Lightning's transfer hooks (a dict of tensors directly
+        when this module keeps Lightning's default hooks)."""
+        if self._plain_transfer and isinstance(micro, dict):
+            device = self._device_for_batches
+            return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and v.device != device else v
+                    for k, v in micro.items()}
+        return self.trainer.strategy.batch_to_device(micro)
+
     @override
     def training_step(self, batch: Any, batch_idx: int) -> None:
         micros, group = micro_batches(batch)
         strategy = self.trainer.strategy
-        micros = [strategy.batch_to_device(m) if group is not None else m for m in micros]
+        if group is not None:
+            micros = [self._to_device(m) for m in micros]
         self.end_of_data = group is not None and group.end_of_data
         flow = self.flow
         if flow is not None:
@@ -346,8 +362,11 @@ class HFModule(pl.LightningModule):
             sync = i == last and not carries_over
             if sync_state is not None:
                 sync_state.sync_gradients = sync
-            with distributed.gradient_sync(strategy, self, enabled=i == last):
+            if i == last or not self._defers_sync:
                 step_loss = hooks.training_step(self.model, micro, num_items)
+            else:
+                with distributed.gradient_sync(strategy, self, enabled=False):
+                    step_loss = hooks.training_step(self.model, micro, num_items)
             if empty_every is not None and self.trainer.global_step % empty_every == 0:
                 _clear_device_cache()  # Trainer.training_step, after each backward
             step_loss = step_loss.detach()
@@ -367,12 +386,11 @@ class HFModule(pl.LightningModule):
                     return
         if carries_over:
             return
-        optimizer = self.optimizers()
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        optimizer, scheduler = self._step_optimizer, self._step_scheduler
+        scaler = self._scaler
         scale_before = scaler.get_scale() if scaler is not None else None
         optimizer.step()
         self._event("on_optimizer_step")
-        scheduler = self.lr_schedulers()
         plateau = is_plateau_scheduler(scheduler)
         inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
         self._learning_rate = inner.param_groups[0]["lr"] if plateau or scheduler is None else scheduler.get_last_lr()[0]
@@ -390,14 +408,31 @@ class HFModule(pl.LightningModule):
         clear_device_cache(garbage_collection=True)
         # The parameters are final once the strategy has set the model up (wrapped, sharded, compiled).
         self._parameters_for_clipping = list(self.parameters())
+        # What every step reads, looked up once per fit.
+        from .hooks import clear_train_mode_cache
+
+        clear_train_mode_cache(self.model)
+        trainer = self.trainer
+        self._step_optimizer, self._step_scheduler = self.optimizers(), self.lr_schedulers()
+        self._scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self._defers_sync = distributed.is_distributed(trainer.strategy) or distributed.is_sharded(trainer.strategy)
+        self._device_for_batches = trainer.strategy.root_device
+        self._plain_transfer = all(
+            getattr(type(self), hook) is getattr(pl.LightningModule, hook)
+            for hook in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+        ) and (trainer.datamodule is None or all(
+            getattr(type(trainer.datamodule), hook) is getattr(pl.LightningDataModule, hook)
+            for hook in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+        ))
 
     @override
     def on_train_end(self) -> None:
         self._parameters_for_clipping = None
+        self._step_optimizer = self._step_scheduler = self._scaler = None
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scaler = self._scaler
         if scaler is not None and _optimizer_handles_unscaling(optimizer):
             # Lightning leaves unscaling to fused optimizers; unscale first so the norm is the true one.
             scaler.unscale_(optimizer)

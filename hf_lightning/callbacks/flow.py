@@ -44,6 +44,11 @@ def _trainer_logger() -> Any:
     return trainer.logger
 
 
+# Events whose CallbackHandler method only calls the callbacks (on_step_begin, on_log, on_save, ... also reset
+# control flags, so they always run).
+_SKIPPABLE_EVENTS = frozenset({"on_pre_optimizer_step", "on_optimizer_step", "on_substep_end", "on_step_end", "on_prediction_step"})
+
+
 class FlowDecisions(DefaultFlowCallback):
     """``DefaultFlowCallback``'s place in the callback list, deciding with ``schedule``'s pure functions."""
 
@@ -170,6 +175,7 @@ class HFFlowCallback(Callback):
         self.progress_metrics: dict[str, float] = {}
         """The latest training ``loss`` and ``lr``, shown by ``HFProgressBar``."""
         self._module: Any = None
+        self._listeners: dict[tuple, bool] = {}
         self._epoch_stop = False
         self._epoch_finished = True
         self._reset_run_counters()
@@ -215,9 +221,24 @@ class HFFlowCallback(Callback):
         return self._epoch_stop
 
     def event(self, name: str, **kwargs: Any) -> TrainerControl:
-        """Fire transformers' event ``name`` on every TrainerCallback; returns the ``TrainerControl`` after it."""
+        """Fire transformers' event ``name`` on every TrainerCallback; returns the ``TrainerControl`` after it.
+
+        The per-step events that change nothing in the handler itself are skipped when no callback in the list
+        overrides them (``TrainerCallback``'s own methods do nothing): nobody listening costs nothing.
+        """
         host = self.host
-        host.control = getattr(host.callback_handler, name)(self.args, host.state, host.control, **kwargs)
+        handler = host.callback_handler
+        key = (name, type(handler), tuple(map(type, handler.callbacks)))
+        listened = self._listeners.get(key)
+        if listened is None:
+            base = getattr(TrainerCallback, name, None)
+            listened = self._listeners[key] = (
+                name not in _SKIPPABLE_EVENTS
+                or getattr(type(handler), name) is not getattr(CallbackHandler, name)
+                or any(getattr(type(cb), name, base) is not base for cb in handler.callbacks)
+            )
+        if listened:
+            host.control = getattr(handler, name)(self.args, host.state, host.control, **kwargs)
         return host.control
 
     def _attach(self, trainer: pl.Trainer, pl_module: Any) -> None:
@@ -430,9 +451,7 @@ class HFFlowCallback(Callback):
         self._sync_tokens()
         self.host.log(logs, self._start_time)
         self.progress_metrics = {"loss": logs["loss"], "lr": logs["learning_rate"]}
-        for key in ("loss", "grad_norm", "learning_rate"):  # for Lightning callbacks; host tensors: no device copy
-            if isinstance(logs.get(key), float):
-                pl_module.log(key, torch.tensor(logs[key]), logger=False, on_step=True, on_epoch=False)
+        _to_callback_metrics(trainer, pl_module, {k: logs[k] for k in ("loss", "grad_norm", "learning_rate") if isinstance(logs.get(k), float)})
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: Any, *, skip_scheduler: bool = False) -> dict[str, float]:
         """The host's ``_evaluate``: ``evaluate()``, the hyper-parameter search report, the plateau scheduler step."""
@@ -659,6 +678,20 @@ def _log_training_start(host: Any, plan: Any, args: TrainingArguments, state: Tr
                 f"  Fast-forwarding the dataloader past {epochs} epochs and {skip * args.gradient_accumulation_steps} "
                 "batches to resume from the exact training state."
             )
+
+
+def _to_callback_metrics(trainer: pl.Trainer, pl_module: Any, values: dict[str, float]) -> None:
+    """Put the training log's values in ``trainer.callback_metrics`` (what EarlyStopping/ModelCheckpoint monitor).
+
+    Straight into the dict Lightning's ``callback_metrics`` returns: ``LightningModule.log`` would build a
+    torchmetrics-backed result per key at every logging step, for scalars already reduced over the ranks.
+    """
+    metrics = getattr(trainer._logger_connector, "_callback_metrics", None)
+    if isinstance(metrics, dict):
+        metrics.update({key: torch.tensor(value) for key, value in values.items()})
+        return
+    for key, value in values.items():  # pragma: no cover - another Lightning version
+        pl_module.log(key, torch.tensor(value), logger=False, on_step=True, on_epoch=False)
 
 
 def _init_training_references(host: Any, state: TrainerState, plan: Any, trial: Any, trainer: pl.Trainer) -> None:
