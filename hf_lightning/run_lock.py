@@ -173,8 +173,15 @@ def acquire(output_dir: str | os.PathLike, run_id: str) -> tuple[OutputDirLock, 
     except OSError as error:
         raise _not_writable(output_dir, error) from error
     for _ in range(10):  # retried only if the file is replaced between open and flock
+        created = False
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                created = True
+            except FileExistsError:
+                fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:  # released and deleted between the two opens
+            continue
         except OSError as error:
             raise _not_writable(output_dir, error) from error
         try:
@@ -188,6 +195,9 @@ def acquire(output_dir: str | os.PathLike, run_id: str) -> tuple[OutputDirLock, 
         except OSError as error:
             os.close(fd)
             if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                if created:  # our empty file would look like a holder that never wrote itself
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
                 return _acquire_without_flock(output_dir, path, me)
             raise _not_writable(output_dir, error) from error
         try:

@@ -62,13 +62,13 @@ def tiny_trainer(output_dir: Path, *, callbacks: list | None = None, dataset_siz
     return build("hl", TinyReg, output_dir, trainer_kwargs=kwargs, **{**ARGS, **args})
 
 
-def fit_path(output_dir: Path, checkpoint: str | os.PathLike, *, callbacks: list | None = None, **args: Any) -> None:
+def fit_path(output_dir: Path, checkpoint: str | os.PathLike | None, *, callbacks: list | None = None, **args: Any) -> None:
     """Resume with ``build_trainer`` + ``trainer.fit`` (the Lightning path)."""
     run_args = make_args(output_dir, **{**ARGS, **args})
     module = hf_lightning.HFModule(TinyReg(), run_args)
     datamodule = hf_lightning.HFDataModule(run_args, train_dataset=RegressionDataset(32))
     trainer = hf_lightning.build_trainer(run_args, callbacks=list(callbacks or []), **LIGHTNING_QUIET)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=None if checkpoint is None else str(checkpoint))
 
 
 def repoint_dcp_entry(folder: Path, fqn: str, data: bytes) -> None:
