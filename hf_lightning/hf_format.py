@@ -214,6 +214,11 @@ def _cause_text(error: BaseException, free_bytes: int | None) -> str:
         return f"{name}: {hint}" + (f" ({err.strerror})" if err.strerror and err.strerror.lower() not in hint.lower() else "")
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+    code = re.search(r"os error (\d+)|\[Errno (\d+)\]", str(error))  # Rust's io::Error (safetensors), str(OSError)
+    if code is not None:
+        number = int(code.group(1) or code.group(2))
+        if number in _ERRNO_HINTS:
+            return f"{errno.errorcode.get(number, number)}: {_ERRNO_HINTS[number]} ({text})"
     if free_bytes is not None and free_bytes < 1 << 20:
         text += " (the file system has less than 1 MiB free: it is probably full)"
     return text
@@ -635,14 +640,17 @@ def _save_model_files(output_dir: str | os.PathLike, model: torch.nn.Module, *, 
     else:
         tensors = dict(state_dict) if state_dict is not None else model.state_dict()
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        safetensors.torch.save_file(tensors, os.path.join(output_dir, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+        path = os.path.join(output_dir, SAFE_WEIGHTS_NAME)
+        with writing(path):
+            safetensors.torch.save_file(tensors, path, metadata={"format": "pt"})
     tokenizer = processing_class
     if tokenizer is None and data_collator is not None:
         tokenizer = getattr(data_collator, "tokenizer", None)
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
     if args is not None:
-        torch.save(args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        with writing(os.path.join(output_dir, TRAINING_ARGS_NAME)):
+            torch.save(args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
 
 @dataclasses.dataclass
