@@ -1,6 +1,10 @@
 """hf_lightning: train any transformers PreTrainedModel with PyTorch Lightning, with transformers.Trainer's semantics."""
 
-from .callbacks import HFCheckpoint, HFFlowCallback
+from ._versions import check_versions as _check_versions
+
+_check_versions()  # before anything imports transformers or lightning: an unsupported version is named, not a late AttributeError
+
+from .callbacks import HFCheckpoint, HFFlowCallback, HFSignalHandler, NonFiniteGuard, TrainingInterrupted
 from .checkpoint_io import HFCheckpointIO
 from .data import HFDataModule
 from .module import HFModule
@@ -17,5 +21,8 @@ __all__ = [
     "HFFlowCallback",
     "HFCheckpoint",
     "HFCheckpointIO",
+    "HFSignalHandler",
+    "NonFiniteGuard",
+    "TrainingInterrupted",
     "__version__",
 ]

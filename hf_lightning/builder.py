@@ -22,6 +22,8 @@ from . import distributed
 from .arguments import LIGHTNING_LOGGERS, precision_for, process_log_level, resolve_report_to, trainer_limits, validate_arguments
 from .callbacks.checkpoint import HFCheckpoint, install_checkpoint_connector
 from .callbacks.flow import HFFlowCallback
+from .callbacks.nonfinite import NonFiniteGuard
+from .callbacks.signals import HFSignalHandler
 from .callbacks.progress import HFProgressBar
 from .checkpoint_io import HFCheckpointIO
 
@@ -81,6 +83,8 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
         args: the TrainingArguments of the run.
         overrides: ``lightning.Trainer`` keyword arguments (strategy, devices, accelerator, plugins, ...).
             ``async_save=True`` writes checkpoints in a background thread (see ``HFCheckpoint``).
+            ``on_nonfinite="stop"`` ends training at the first logging step whose loss or gradient
+            norm is NaN/Inf, before a checkpoint is written (default ``"warn"``: see ``NonFiniteGuard``).
             ``callbacks`` are appended after the hf_lightning ones; transformers ``TrainerCallback``s
             among them run through the callback bridge. ``plugins`` are added to ``HFCheckpointIO``.
     """
@@ -99,7 +103,8 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
         )
     flow_state = overrides.pop("hf_state", None)
     loggers, integrations = make_loggers(args)
-    flow = HFFlowCallback(args, callbacks=[*integrations, *hf_callbacks], state=flow_state)
+    guards, signals = NonFiniteGuard(overrides.pop("on_nonfinite", "warn")), HFSignalHandler(args)  # issue 13
+    flow = HFFlowCallback(args, callbacks=[*integrations, *hf_callbacks, guards], state=flow_state)
     checkpoint = HFCheckpoint(args, async_save=overrides.pop("async_save", False))
     plugins = overrides.pop("plugins", None) or []
     plugins = plugins if isinstance(plugins, list) else [plugins]
@@ -108,7 +113,7 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     kwargs: dict[str, Any] = {
         "default_root_dir": str(args.output_dir),
         "logger": loggers if loggers else False,
-        "callbacks": [flow, checkpoint, *pl_callbacks],
+        "callbacks": [flow, checkpoint, signals, *pl_callbacks],
         "plugins": plugins,
         "num_sanity_val_steps": 0,
         "enable_progress_bar": not args.disable_tqdm,

@@ -25,6 +25,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import RemoveColumnsCollator, has_length, seed_worker, unwrap_peft_model
 from typing_extensions import override
 
+from .arguments import check_train_dataset
 from .state import strategy_name
 
 try:  # accelerate's sampler is the one transformers.Trainer ends up iterating (§4.8)
@@ -288,6 +289,7 @@ class HFDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise ValueError("Training needs a `train_dataset`; none was given to HFDataModule/Trainer.")
+        check_train_dataset(self.train_dataset, self._columns() if self.args.remove_unused_columns else None, self._model_and_labels()[1], self._model_and_labels()[0])  # issue 13
         dataset, collator = self._prepare(self.train_dataset, "training")
         bs, ga = self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps
         if isinstance(dataset, IterableDataset) or not has_length(dataset):

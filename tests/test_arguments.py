@@ -49,7 +49,6 @@ UNSUPPORTED_VALUES = {
     "use_liger_kernel": True,
     "liger_kernel_config": {"rope": True},
     "auto_find_batch_size": True,
-    "enable_jit_checkpoint": True,
     "push_to_hub": True,
     "parallelism_config": "tp=2",
     "fsdp": "full_shard",
