@@ -409,6 +409,12 @@ def train_dataset_problems(
     if model_inputs:
         return []
     removed = [c for c in columns if c not in signature_columns]
+    if not kept:  # the wording of HFDataModule's own check for datasets.Dataset
+        return [
+            f"No column of the training dataset matches the model's forward signature {signature_columns}; the dataset has "
+            f"{columns}, and {model_name} takes the inputs {inputs}. Tokenize it first, rename columns, or set "
+            "`remove_unused_columns=False`."
+        ]
     return [
         f"The train dataset has columns {columns}; `remove_unused_columns=True` removes {removed}, which "
         f"{model_name}.forward does not take, and leaves {kept or 'nothing'}, with no model input among them. "
