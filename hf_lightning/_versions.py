@@ -18,9 +18,9 @@ __all__ = ["SUPPORTED", "UnsupportedVersionError", "version_problems", "check_ve
 
 # distribution name -> the range hf_lightning is tested with (keep pyproject.toml's dependencies equal)
 SUPPORTED = {
-    "transformers": ">=5.23,<5.26",
-    "lightning": ">=2.5.6,<2.7",
-    "torch": ">=2.4",
+    "transformers": ">=5.23,<5.25",
+    "lightning": ">=2.5,<2.7",
+    "torch": ">=2.13",
 }
 
 SKIP_ENV = "HF_LIGHTNING_SKIP_VERSION_CHECK"

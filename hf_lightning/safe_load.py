@@ -97,7 +97,10 @@ class SafeFileSystemReader(FileSystemReader):
     """DCP's ``FileSystemReader`` reading ``.metadata`` with the allow-list unpickler."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-        path = self._get_metadata_path(kwargs.get("rank"))
+        if hasattr(self, "_get_metadata_path"):  # torch >= 2.6: also per-rank metadata files
+            path = self._get_metadata_path(kwargs.get("rank"))
+        else:  # pragma: no cover - older torch
+            path = Path(str(self.path)) / DCP_METADATA_FILE
         metadata = read_dcp_metadata(path)
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()

@@ -269,3 +269,22 @@ def test_the_payload_is_real(tmp_path):
 
     torch.load(io.BytesIO(payload_torch(marker)), weights_only=False)
     assert marker.exists()
+
+
+def test_payload_in_adapter_and_sharded_bin_weights(tmp_path):
+    """The other weight files read_weights may pick: a PEFT adapter .bin, and .bin shards behind an index."""
+    marker = tmp_path / "pwned"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.bin").write_bytes(payload_torch(marker))
+    with pytest.raises(CheckpointError) as raised:
+        hf_format.read_weights(adapter)
+    assert_refused(raised.value, adapter / "adapter_model.bin", marker)
+
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "pytorch_model-00001-of-00001.bin"}}))
+    (sharded / "pytorch_model-00001-of-00001.bin").write_bytes(payload_torch(marker))
+    with pytest.raises(CheckpointError) as raised:
+        hf_format.read_weights(sharded)
+    assert_refused(raised.value, sharded / "pytorch_model-00001-of-00001.bin", marker)
