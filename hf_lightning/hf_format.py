@@ -301,10 +301,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def is_abandoned(owner: str | None, *, current: str | None, host: str, is_alive: Callable[[int], bool]) -> bool:
+def is_abandoned(
+    owner: str | None, *, current: str | None, host: str, is_alive: Callable[[int], bool], own_pid: int | None = None
+) -> bool:
     """Whether a hidden leftover (``.tmp-``/``.old-``) may be deleted by the run ``current``, which holds the lock.
 
-    - this run's own leftovers: yes;
+    - this run's own leftovers, and those of an earlier run in this process (``own_pid``; it ended,
+      since this run holds the lock): yes;
     - a run on this host whose process is gone: yes; one whose process still lives: no (it may be
       writing, e.g. a run that did not take the lock);
     - a run on another host, or a folder without an owner (written before owners existed): yes,
@@ -317,7 +320,7 @@ def is_abandoned(owner: str | None, *, current: str | None, host: str, is_alive:
         return True
     owner_host, pid = parsed
     if owner_host == host:
-        return not is_alive(pid)
+        return pid == own_pid or not is_alive(pid)
     return True
 
 
@@ -348,7 +351,7 @@ def remove_leftovers(
     host = _host()
     for path, owner in leftover_folders(output_dir):
         mine = owner is not None and owner == current
-        if mine or (not only_own and is_abandoned(owner, current=current, host=host, is_alive=is_alive)):
+        if mine or (not only_own and is_abandoned(owner, current=current, host=host, is_alive=is_alive, own_pid=os.getpid())):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
         else:

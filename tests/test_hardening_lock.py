@@ -173,11 +173,12 @@ HOST = "thishost"
         ("otherhost-100-aaaaaaaa", {100}, True),  # another host: the lock we hold proves it is not writing
         (None, set(), True),  # written before owners existed
         ("current-1-bbbbbbbb", {1}, True),  # our own
+        ("thishost-7-cccccccc", {7}, True),  # an earlier run of this process (pid 7): it ended, we hold the lock
         ("garbage", set(), True),
     ],
 )
 def test_is_abandoned_table(owner, alive, expected):
-    assert hf_format.is_abandoned(owner, current="current-1-bbbbbbbb", host=HOST, is_alive=alive.__contains__) is expected
+    assert hf_format.is_abandoned(owner, current="current-1-bbbbbbbb", host=HOST, is_alive=alive.__contains__, own_pid=7) is expected
 
 
 def test_start_removes_only_abandoned_leftovers(tmp_path, caplog):
