@@ -80,7 +80,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "use_cache": (HONOURED, "written to `model.config.use_cache` like transformers does"),
     "neftune_noise_alpha": (HONOURED, "transformers' NEFTune hook is attached for training and removed after"),
     "torch_empty_cache_steps": (HONOURED, "accelerate's `clear_device_cache()` after each backward of every N-th optimizer step, as in `Trainer.training_step`"),
-    "auto_find_batch_size": (UNSUPPORTED, "retrying on OOM is not implemented; use Lightning's BatchSizeFinder"),
+    "auto_find_batch_size": (HONOURED, "hf_lightning.Trainer.train halves the batch size on out-of-memory and retries (accelerate's find_executable_batch_size, as transformers); build_trainer refuses it (use Lightning's BatchSizeFinder)"),
     "logging_strategy": (HONOURED, "no / steps / epoch, in optimizer steps"),
     "logging_steps": (HONOURED, "int or ratio of max_steps"),
     "logging_first_step": (HONOURED, "log after the first optimizer step"),
@@ -317,7 +317,7 @@ def validate_arguments(
         problems.append("`eval_on_start=True` needs an eval dataset, but none was given.")
     if (save_strategy == "best" or args.load_best_model_at_end) and args.metric_for_best_model is None:
         problems.append(
-            "`metric_for_best_model` must be set when `save_strategy='best'` or `load_best_model_at_end=True`."
+            "`args.metric_for_best_model` must be provided when using 'best' save_strategy or if `args.load_best_model_at_end` is set to `True` (hf_lightning: set `metric_for_best_model`, e.g. 'loss')."
         )
     if save_strategy == "best" and eval_strategy == "no":
         # transformers accepts it (and never saves); so do we, with a warning.
@@ -409,11 +409,13 @@ def train_dataset_problems(
     if model_inputs:
         return []
     removed = [c for c in columns if c not in signature_columns]
-    if not kept:  # the wording of HFDataModule's own check for datasets.Dataset
+    if not kept:  # transformers' words (Trainer._remove_unused_columns), then ours
         return [
-            f"No column of the training dataset matches the model's forward signature {signature_columns}; the dataset has "
-            f"{columns}, and {model_name} takes the inputs {inputs}. Tokenize it first, rename columns, or set "
-            "`remove_unused_columns=False`."
+            f"No columns in the dataset match the model's forward method signature: ({', '.join(signature_columns)}). "
+            f"The following columns have been ignored: [{', '.join(removed)}]. Please check the dataset and model. You may "
+            "need to set `remove_unused_columns=False` in `TrainingArguments`. (hf_lightning: the training dataset has the "
+            f"columns {columns}; {model_name}.forward takes none of them; its inputs are {inputs}. Tokenize the text first, "
+            "or rename the columns to the model's inputs.)"
         ]
     return [
         f"The train dataset has columns {columns}; `remove_unused_columns=True` removes {removed}, which "
@@ -437,10 +439,22 @@ def _dataset_columns(dataset: Any, size: int | None) -> list[str] | None:
     return None
 
 
-def check_train_dataset(dataset: Any, signature_columns: list[str] | None, label_names: list[str], model: Any = None) -> None:
-    """Raise a ``ValueError`` with :func:`train_dataset_problems`, if any (``model`` names the model in the message)."""
-    model_name = type(model).__name__ if model is not None else "the model"
-    problems = train_dataset_problems(dataset, signature_columns=signature_columns, label_names=label_names, model_name=model_name)
+def check_train_dataset(
+    dataset: Any, signature_columns: list[str] | None, model_name: str, remove_unused_columns: bool, label_names: Any
+) -> None:
+    """Raise a ``ValueError`` with :func:`train_dataset_problems`, if any (one call before the train loader is built).
+
+    ``signature_columns``: the model's forward parameters and label names (None: unknown);
+    ``remove_unused_columns``: ``args.remove_unused_columns`` (when False, only emptiness is checked).
+    """
+    if dataset is None:
+        return
+    problems = train_dataset_problems(
+        dataset,
+        signature_columns=signature_columns if remove_unused_columns else None,
+        label_names=list(label_names or []),
+        model_name=model_name,
+    )
     if problems:
         raise ValueError("\n".join(problems))
 

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
-from . import distributed
+from . import distributed, overlaps
 from .arguments import LIGHTNING_LOGGERS, precision_for, process_log_level, resolve_report_to, trainer_limits, validate_arguments
 from .callbacks.checkpoint import HFCheckpoint, install_checkpoint_connector
 from .callbacks.flow import HFFlowCallback
@@ -26,6 +26,7 @@ from .callbacks.nonfinite import NonFiniteGuard
 from .callbacks.signals import HFSignalHandler
 from .callbacks.progress import HFProgressBar
 from .checkpoint_io import HFCheckpointIO
+from .console import lightning_banners_muted
 
 __all__ = ["build_trainer", "make_loggers", "lightning_info_muted"]
 
@@ -82,14 +83,31 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     Args:
         args: the TrainingArguments of the run.
         overrides: ``lightning.Trainer`` keyword arguments (strategy, devices, accelerator, plugins, ...).
-            ``async_save=True`` writes checkpoints in a background thread (see ``HFCheckpoint``).
-            ``on_nonfinite="stop"`` ends training at the first logging step whose loss or gradient
-            norm is NaN/Inf, before a checkpoint is written (default ``"warn"``: see ``NonFiniteGuard``).
+            Settings that overlap TrainingArguments (``max_epochs``, ``precision``, ``accumulate_grad_batches``,
+            ...) are written into ``args`` or refused (see ``overlaps``). ``logger`` adds to the loggers of
+            ``report_to``. ``async_save=True`` writes checkpoints in a background thread (see ``HFCheckpoint``).
+            ``on_nonfinite="stop"`` ends training at the first logging step whose loss or gradient norm is
+            NaN/Inf, before a checkpoint is written (default ``"warn"``: see ``NonFiniteGuard``).
             ``callbacks`` are appended after the hf_lightning ones; transformers ``TrainerCallback``s
-            among them run through the callback bridge. ``plugins`` are added to ``HFCheckpointIO``.
+            among them run through the flow callback. ``plugins`` are added to ``HFCheckpointIO``.
     """
+    if getattr(args, "auto_find_batch_size", False):
+        raise ValueError(
+            "`auto_find_batch_size=True` needs `hf_lightning.Trainer.train()`, which retries with half the batch size "
+            "on out-of-memory; with a lightning.Trainer use Lightning's `BatchSizeFinder` callback instead."
+        )
+    return _build(args, overrides, seed=True)
+
+
+def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool) -> pl.Trainer:
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"`args` must be a transformers.TrainingArguments, got {type(args).__name__}.")
+    overrides = dict(overrides)
+    overlapping = {k: overrides.pop(k) for k in list(overrides) if k in overlaps.OVERLAPS or k in overlaps.REFUSED}
+    overlaps.apply(args, overlapping)
     validate_arguments(args)
-    _seed(args)
+    if seed:
+        _seed(args)
     if args.tf32 is not None and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
         torch.backends.cudnn.allow_tf32 = bool(args.tf32)
@@ -101,10 +119,10 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
         raise TypeError(
             f"`callbacks` must be lightning Callbacks or transformers TrainerCallbacks; got {[type(cb).__name__ for cb in bad]}."
         )
-    flow_state = overrides.pop("hf_state", None)
     loggers, integrations = make_loggers(args)
+    loggers += _user_loggers(overrides.pop("logger", None), args)
     guards, signals = NonFiniteGuard(overrides.pop("on_nonfinite", "warn")), HFSignalHandler(args)  # issue 13
-    flow = HFFlowCallback(args, callbacks=[*integrations, *hf_callbacks, guards], state=flow_state)
+    flow = HFFlowCallback(args, callbacks=[*integrations, *hf_callbacks, guards])
     checkpoint = HFCheckpoint(args, async_save=overrides.pop("async_save", False))
     plugins = overrides.pop("plugins", None) or []
     plugins = plugins if isinstance(plugins, list) else [plugins]
@@ -121,6 +139,7 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
         "use_distributed_sampler": False,
         "check_val_every_n_epoch": 1,
         "log_every_n_steps": 1,
+        "enable_model_summary": False,  # quiet by default (issue 11): pass enable_model_summary=True to see it
         # transformers evaluates under torch.no_grad(): tensors a model caches while evaluating stay usable in training
         "inference_mode": False,
         **trainer_limits(args),
@@ -130,17 +149,38 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     if args.full_determinism:
         kwargs["deterministic"] = True
     kwargs.update(overrides)
-    kwargs.setdefault("precision", precision_for(args, _device_type(kwargs.get("accelerator", "auto"))))
+    kwargs["precision"] = precision_for(args, _device_type(kwargs.get("accelerator", "auto")))
     if kwargs["enable_progress_bar"] and not any(isinstance(cb, ProgressBar) for cb in pl_callbacks):
         kwargs["callbacks"].append(HFProgressBar())
     strategy = distributed.resolve_strategy(args, kwargs)
     if strategy is not None:
         kwargs["strategy"] = strategy
-    trainer = pl.Trainer(**kwargs)
+    with lightning_banners_muted():  # quiet by default (issue 11): no hardware/tip banners, see console.BANNERS
+        trainer = pl.Trainer(**kwargs)
     distributed.prepare_launcher(trainer)
     install_checkpoint_connector(trainer)
     set_process_log_level(args, trainer)  # again in HFFlowCallback.setup, where spawned ranks are known
     return trainer
+
+
+def _user_loggers(logger: Any, args: TrainingArguments) -> list[Any]:
+    """Loggers passed to ``build_trainer``/the facade: added to those of ``report_to`` (True: none more)."""
+    from lightning.pytorch.loggers import Logger
+
+    if logger is None or logger is True:
+        return []
+    if logger is False:
+        if resolve_report_to(args.report_to):
+            raise ValueError(
+                f"`logger=False` (lightning.Trainer) contradicts `report_to={args.report_to!r}` (TrainingArguments): "
+                "set `report_to='none'` for no loggers."
+            )
+        return []
+    loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
+    bad = [type(lg).__name__ for lg in loggers if not isinstance(lg, Logger)]
+    if bad:
+        raise TypeError(f"`logger` must be Lightning Loggers; got {bad}.")
+    return loggers
 
 
 def _device_type(accelerator: Any) -> str:

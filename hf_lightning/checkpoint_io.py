@@ -45,7 +45,8 @@ class HFCheckpointIO(CheckpointIO):
                 "to the checkpoint; this LightningModule is not an HFModule."
             )
         os.makedirs(path, exist_ok=True)
-        if "state_dict" in checkpoint:  # absent: a sharded strategy wrote the weights (distributed.py)
+        if "state_dict" in checkpoint and not extras.get("model_written"):  # absent: a sharded strategy (distributed.py)
+            # or the host's own save_model wrote the weights
             state_dict = {k[len(MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
             hf_format.save_model_files(
                 path,

@@ -1,407 +1,182 @@
 """``hf-lightning`` (also ``python -m hf_lightning``): the whole product from a config file, on LightningCLI.
 
-A config has four groups::
-
-    model:    ModelSpec           which model (pretrained name/folder + task, or a config), metrics
-    data:     DataSpec            which data, columns, tokenization, collator
-    args:     TrainingArguments   every transformers field, under its HF name, with its HF default and help
-    trainer:  Lightning overrides accelerator, strategy, devices, precision, loggers, callbacks
-
-and the subcommands ``fit``, ``validate``, ``test`` and ``predict``. The three objects are built the
-way a Python user builds them: ``HFModule(model, args)``, ``HFDataModule(args, ...)`` and
-``build_trainer(args, **overrides)``, so a YAML run and the same ``TrainingArguments`` in Python are
-the same run. Examples::
+Subcommands (``SUBCOMMANDS``): ``fit``, ``validate``, ``test`` and ``predict`` run a config of four groups
+(``model``, ``data``, ``args`` = every ``TrainingArguments`` field, ``trainer`` = Lightning settings), see
+:mod:`hf_lightning.lightning_cli`; ``consolidate`` merges a sharded FSDP checkpoint. Examples::
 
     hf-lightning fit --config examples/text_classification.yaml --args.learning_rate 1e-4
     hf-lightning fit --config run.yaml --ckpt_path last          # resume from output_dir/checkpoint-N
     hf-lightning validate --config run.yaml --ckpt_path best     # the best checkpoint of the run
     hf-lightning fit --config run.yaml --print_config            # the full config, defaults included
+
+This module is only the entry point and stays light: ``hf-lightning --help``, a mistyped subcommand and
+``consolidate`` are answered without importing torch, Lightning or transformers (seconds of CPU).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import json
-import logging
-import os
+import difflib
+import shutil
 import sys
-import typing
+import textwrap
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import lightning.pytorch as pl
-from lightning.pytorch.accelerators import Accelerator
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import Logger
-from lightning.pytorch.profilers import Profiler
-from lightning.pytorch.strategies import Strategy
-from transformers import TrainerCallback, TrainingArguments
-from transformers.trainer_utils import set_seed
+__all__ = [
+    "main",
+    "run",
+    "SUBCOMMANDS",
+    "CONFIG_SUBCOMMANDS",
+    "HFLightningCLI",
+    "lightning_overrides",
+    "training_arguments",
+    "resolve_ckpt_path",
+]
 
-from . import hf_format
-from .arguments import validate_arguments
-from .data import HFDataModule
-from .module import HFModule
-from .specs import ConfigError, DataSpec, ModelSpec
-from .builder import build_trainer, make_loggers
+PROG = "hf-lightning"
 
-__all__ = ["HFLightningCLI", "main", "run", "lightning_overrides", "training_arguments", "resolve_ckpt_path"]
-
-log = logging.getLogger(__name__)
+CKPT_FORMS = (
+    "a checkpoint-N folder (written by hf_lightning or transformers.Trainer); `last`: the newest checkpoint-N in "
+    "args.output_dir; `best`: the run's best_model_checkpoint (read from the newest checkpoint's trainer_state.json)"
+)
 
 
-def lightning_overrides(
-    accelerator: str | Accelerator | None = None,
-    strategy: str | Strategy | None = None,
-    devices: list[int] | str | int | None = None,
-    num_nodes: int | None = None,
-    precision: str | int | None = None,
-    logger: Logger | list[Logger] | None = None,
-    callbacks: list[Callback | TrainerCallback] | None = None,
-    enable_progress_bar: bool | None = None,
-    enable_model_summary: bool | None = None,
-    profiler: Profiler | str | None = None,
-    detect_anomaly: bool | None = None,
-    sync_batchnorm: bool | None = None,
-) -> dict[str, Any]:
-    """Lightning settings on top of the ones ``build_trainer`` derives from ``args`` (unset: derived from ``args``).
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``hf-lightning`` subcommand: its line in ``hf-lightning --help`` and its ``--ckpt_path`` help."""
 
-    Args:
-        accelerator: cpu, gpu, tpu, mps, auto or an Accelerator (default: cpu if ``args.use_cpu``, else Lightning's auto).
-        strategy: auto, ddp, fsdp, deepspeed_stage_2, ... or a Strategy (default: DDP built from ``args.ddp_*`` on several devices).
-        devices: number of devices, a list of indices, or auto.
-        num_nodes: number of machines.
-        precision: Lightning precision (32-true, bf16-mixed, 16-mixed, bf16-true, ...), overriding ``args.bf16``/``args.fp16``.
-        logger: Lightning loggers added to those of ``args.report_to``.
-        callbacks: Lightning Callbacks and transformers TrainerCallbacks (e.g. ``transformers.EarlyStoppingCallback``).
-        enable_progress_bar: show Lightning's progress bar (default: ``not args.disable_tqdm``).
-        enable_model_summary: print the model summary at the start.
-        profiler: simple, advanced, pytorch or a Profiler.
-        detect_anomaly: torch autograd anomaly detection.
-        sync_batchnorm: synchronise batch norm layers across processes.
-    """
-    return {k: v for k, v in locals().items() if v is not None}
+    summary: str
+    ckpt_path: str | None = None
 
 
-# ------------------------------------------------------------------------- TrainingArguments
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "fit": Subcommand(
+        "Train, as transformers' train(): checkpoint-N folders, logs, the final model and train/eval_results.json "
+        "in args.output_dir.",
+        ckpt_path=f"Resume training from {CKPT_FORMS}. `last` with no checkpoint-N yet starts from scratch.",
+    ),
+    "validate": Subcommand(
+        "Evaluate on the eval split(s), as transformers' evaluate(): eval_* metrics in eval_results.json.",
+        ckpt_path=f"Evaluate the model weights of {CKPT_FORMS}. Default: the model as the config builds it.",
+    ),
+    "test": Subcommand(
+        "transformers' predict() on the test split: test_* metrics in test_results.json.",
+        ckpt_path=f"Test the model weights of {CKPT_FORMS}. Default: the model as the config builds it.",
+    ),
+    "predict": Subcommand(
+        "Predictions for the test split: predictions.npy, predicted_labels.txt (classification) and "
+        "predict_results.json.",
+        ckpt_path=f"Predict with the model weights of {CKPT_FORMS}. Default: the model as the config builds it.",
+    ),
+    "consolidate": Subcommand(
+        "Merge a sharded FSDP checkpoint-N (pytorch_model_fsdp_0/) into model.safetensors + config.json, "
+        "loadable with from_pretrained."
+    ),
+}
+CONFIG_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+"""The subcommands that run a config through LightningCLI (``consolidate`` has its own small parser)."""
+
+EXAMPLES = """\
+  hf-lightning fit --config examples/text_classification.yaml --args.learning_rate 1e-4
+  hf-lightning fit --config run.yaml --ckpt_path last          # resume from the newest checkpoint-N
+  hf-lightning validate --config run.yaml --ckpt_path best     # evaluate the best checkpoint
+  hf-lightning fit --config run.yaml --print_config            # the full config, defaults included
+  hf-lightning consolidate outputs/run/checkpoint-500 -o export/"""
+
+USAGE = f"{PROG} {{{','.join(SUBCOMMANDS)}}} ..."
 
 
-def add_training_arguments(parser: LightningArgumentParser, key: str = "args") -> None:
-    """Every ``TrainingArguments`` field as ``--args.<field>``, with transformers' default and help text."""
-    parser.add_class_arguments(TrainingArguments, key, instantiate=False, sub_configs=True)
-    helps = {f.name: " ".join(str(f.metadata.get("help", "")).split()) for f in dataclasses.fields(TrainingArguments)}
-    for action in parser._actions:
-        name = action.dest.removeprefix(f"{key}.")
-        if action.dest.startswith(f"{key}.") and helps.get(name):
-            action.help = helps[name].replace("%", "%%")
-
-
-def _enum_choices() -> dict[str, type[enum.Enum]]:
-    hints = typing.get_type_hints(TrainingArguments)
-    found = {}
-    for name, hint in hints.items():
-        for candidate in typing.get_args(hint) or (hint,):
-            if isinstance(candidate, type) and issubclass(candidate, enum.Enum):
-                found[name] = candidate
-    return found
-
-
-def training_arguments(values: dict[str, Any]) -> TrainingArguments:
-    """``TrainingArguments(**values)``; every error names the ``args.<field>`` key."""
-    problems = []
-    for name, choices in _enum_choices().items():
-        value = values.get(name)
-        if isinstance(value, str) and value not in {c.value for c in choices}:
-            problems.append(f"args.{name}: {value!r} is not one of {[c.value for c in choices]}.")
-    if problems:
-        raise ConfigError("\n".join(problems))
-    try:
-        return TrainingArguments(**values)
-    except (ValueError, TypeError, ImportError) as error:
-        raise ConfigError(f"args (TrainingArguments): {error}") from error
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
-    """``last`` -> the newest ``checkpoint-N`` of ``output_dir`` (None, i.e. a fresh start, when there is none);
-    ``best`` -> the run's ``best_model_checkpoint``; anything else must be a checkpoint folder."""
-    if ckpt_path is None:
-        return None
-    if ckpt_path == "last":
-        last = hf_format.find_last_checkpoint(output_dir)
-        if last is None:
-            log.warning("--ckpt_path last: no checkpoint-N in %s yet, starting from the beginning.", output_dir)
-        return last
-    if ckpt_path == "best":
-        last = hf_format.find_last_checkpoint(output_dir)
-        state = hf_format.read_trainer_state(last) if last else None
-        best = getattr(state, "best_model_checkpoint", None)
-        if best is None:
-            raise ConfigError(f"ckpt_path: 'best' needs a run with `metric_for_best_model`; no best checkpoint recorded in {output_dir}.")
-        return best
-    if not os.path.exists(ckpt_path):
-        raise ConfigError(f"ckpt_path: {ckpt_path!r} does not exist (a checkpoint-N folder, 'last' or 'best').")
-    return ckpt_path
-
-
-# --------------------------------------------------------------------------------- the CLI
-
-
-class HFLightningCLI(LightningCLI):
-    """LightningCLI whose model, data and trainer come from ``ModelSpec``, ``DataSpec``, ``TrainingArguments``.
-
-    The ``trainer`` Lightning builds is ``build_trainer(args, **trainer_overrides)``; Lightning's own
-    seeding, optimizer arguments and model/datamodule registries are off, because transformers'
-    ``args`` define them (``args.seed``, ``args.optim``, ``args.lr_scheduler_type``).
-    """
-
-    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"description": "Train transformers models with Lightning, from a config file."})
-        self.training_args: TrainingArguments | None = None
-        self.built: Any = None
-        super().__init__(
-            trainer_class=pl.Trainer,
-            seed_everything_default=False,
-            auto_configure_optimizers=False,
-            load_from_checkpoint_support=False,
-            args=args,
-            run=run,
-            **kwargs,
+def top_level_help(width: int | None = None) -> str:
+    """``hf-lightning --help``: the subcommands, each in one line of help, and examples (``width``: the terminal's, at most 100)."""
+    width = width or min(100, shutil.get_terminal_size().columns)
+    name_width = max(map(len, SUBCOMMANDS)) + 2
+    rows = [
+        textwrap.fill(
+            command.summary,
+            width=width,
+            initial_indent=f"  {name:<{name_width}}",
+            subsequent_indent=" " * (name_width + 2),
         )
-
-    # ------------------------------------------------------------------------------ parser
-
-    def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """No ``--seed_everything``: transformers seeds from ``args.seed``."""
-
-    def _set_seed(self) -> None:
-        """Lightning would seed (randomly, without ``--seed_everything``); ``build_run``/``build_trainer`` seed from ``args.seed``."""
-
-    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_class_arguments(ModelSpec, "model", sub_configs=True)
-        parser.add_class_arguments(DataSpec, "data", sub_configs=True)
-        add_training_arguments(parser, "args")
-        parser.add_function_arguments(lightning_overrides, "trainer", sub_configs=True)
-
-    # ------------------------------------------------------------------------- instantiation
-
-    def _search_dirs(self, config: Any) -> list[str]:
-        """Folders of the ``--config`` files, to resolve relative data/model paths written in them."""
-        files = config.get("config") or []
-        return [os.path.dirname(os.path.abspath(str(getattr(f, "absolute", f)))) for f in files if f is not None]
-
-    def instantiate_classes(self) -> None:
-        config = self.config.get(str(self.subcommand), self.config)
-        parser = self._parser(self.subcommand)
-        try:
-            self.config_init = self.parser.instantiate_classes(self.config)
-            self.training_args = training_arguments(config["args"].as_dict())
-            self.model, self.datamodule = build_run(
-                self._get(self.config_init, "model"),
-                self._get(self.config_init, "data"),
-                self.training_args,
-                stage=self.subcommand or "fit",
-                search_dirs=self._search_dirs(config),
-                run=self,
-            )
-            self.trainer = self.instantiate_trainer()
-        except ConfigError as error:
-            parser.error(str(error))
-
-    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        overrides = dict(self._get(self.config_init, "trainer") or {})
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        overrides.update(kwargs)
-        callbacks = list(overrides.pop("callbacks", None) or [])
-        if self.save_config_callback is not None and self.subcommand is not None:
-            callbacks.append(
-                self.save_config_callback(self._parser(self.subcommand), self.config[self.subcommand], **self.save_config_kwargs)
-            )
-        extra_loggers = overrides.pop("logger", None)
-        if extra_loggers:
-            extra_loggers = extra_loggers if isinstance(extra_loggers, list) else [extra_loggers]
-            overrides["logger"] = [*make_loggers(self.training_args)[0], *extra_loggers]  # type: ignore[arg-type]
-        try:
-            return build_trainer(self.training_args, callbacks=callbacks, **overrides)  # type: ignore[arg-type]
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
-
-    # ---------------------------------------------------------------------------- subcommands
-
-    def _ckpt(self, ckpt_path: str | None) -> str | None:
-        try:
-            return resolve_ckpt_path(ckpt_path, str(self.training_args.output_dir))  # type: ignore[union-attr]
-        except ConfigError as error:
-            self._parser(self.subcommand).error(str(error))
-            raise  # pragma: no cover - error() exits
-
-    def fit(self, model: HFModule, datamodule: HFDataModule, ckpt_path: str | None = None, **kwargs: Any) -> None:
-        """Train; writes checkpoint-N folders, logs and the final model (``from_pretrained``-loadable) to ``args.output_dir``."""
-        from .callbacks.checkpoint import export_model
-
-        self.trainer.fit(model, datamodule=datamodule, ckpt_path=self._ckpt(ckpt_path), **kwargs)
-        output_dir = str(self.training_args.output_dir)  # type: ignore[union-attr]
-        export_model(self.trainer, model, output_dir)
-        flow = self.flow
-        summary = flow.last_train_output.metrics if flow.last_train_output is not None else {}
-        evals = [e for e in flow.state.log_history if any(k.startswith("eval_") and k.endswith("loss") for k in e)]
-        self._write_results("train", summary)
-        if evals:
-            self._write_results("eval", {k: v for k, v in evals[-1].items() if k != "step"})
-        self._report_fit(output_dir, evals[-1] if evals else {})
-
-    def validate(self, model: HFModule, datamodule: HFDataModule, ckpt_path: str | None = None, **kwargs: Any) -> None:
-        """Evaluate on the eval split(s); prints and writes ``eval_results.json``."""
-        kwargs.pop("verbose", None)
-        self.trainer.validate(model, datamodule=datamodule, ckpt_path=self._ckpt(ckpt_path), verbose=False, **kwargs)
-        metrics = dict(self.flow.last_eval_metrics)
-        self._write_results("eval", metrics)
-        self._print(json.dumps(metrics, indent=2))
-
-    def test(self, model: HFModule, datamodule: HFDataModule, ckpt_path: str | None = None, **kwargs: Any) -> None:
-        """transformers' ``predict()`` on the test split: ``test_*`` metrics, written to ``test_results.json``."""
-        self._predict(model, datamodule, ckpt_path, prefix="test", save_predictions=False, **kwargs)
-
-    def predict(self, model: HFModule, datamodule: HFDataModule, ckpt_path: str | None = None, **kwargs: Any) -> None:
-        """Predictions for the test split: ``predictions.npy`` (+ ``predicted_labels.txt`` for classification) and ``predict_results.json``."""
-        kwargs.pop("return_predictions", None)
-        self._predict(model, datamodule, ckpt_path, prefix="predict", save_predictions=True, **kwargs)
-
-    def _predict(self, model: HFModule, datamodule: HFDataModule, ckpt_path: str | None, *, prefix: str, save_predictions: bool, **kwargs: Any) -> None:
-        import numpy as np
-
-        kwargs.pop("verbose", None)
-        model.test_prefix = prefix
-        self.trainer.test(model, datamodule=datamodule, ckpt_path=self._ckpt(ckpt_path), verbose=False, **kwargs)
-        _, result = self.flow.last_predictions[0]
-        self._write_results(prefix, result.metrics)
-        output_dir = str(self.training_args.output_dir)  # type: ignore[union-attr]
-        if save_predictions and self.trainer.is_global_zero:
-            predictions = result.predictions[0] if isinstance(result.predictions, tuple) else result.predictions
-            np.save(os.path.join(output_dir, "predictions.npy"), predictions)
-            id2label = getattr(getattr(model.model, "config", None), "id2label", None)
-            if self.built is not None and self.built.task == "sequence-classification" and id2label:
-                with open(os.path.join(output_dir, "predicted_labels.txt"), "w") as f:
-                    f.writelines(f"{id2label[int(i)]}\n" for i in np.asarray(predictions).argmax(-1))
-            self._print(f"predictions: {os.path.join(output_dir, 'predictions.npy')}")
-        self._print(json.dumps(result.metrics, indent=2))
-
-    # ------------------------------------------------------------------------------ reporting
-
-    @property
-    def flow(self) -> Any:
-        from .callbacks.flow import HFFlowCallback
-
-        return next(cb for cb in self.trainer.callbacks if isinstance(cb, HFFlowCallback))
-
-    def _print(self, text: str) -> None:
-        if self.trainer.is_global_zero:
-            print(text, flush=True)
-
-    def _write_results(self, split: str, metrics: dict[str, Any]) -> None:
-        """``<split>_results.json`` in ``output_dir``, like transformers' ``Trainer.save_metrics``."""
-        if not self.trainer.is_global_zero or not metrics:
-            return
-        output_dir = str(self.training_args.output_dir)  # type: ignore[union-attr]
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, f"{split}_results.json"), "w") as f:
-            json.dump(metrics, f, indent=4, sort_keys=True)
-
-    def _report_fit(self, output_dir: str, last_eval: dict[str, Any]) -> None:
-        checkpoints = sorted(
-            (d for d in os.listdir(output_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.rsplit("-", 1)[-1])
-        ) if os.path.isdir(output_dir) else []
-        lines = [f"hf-lightning fit: {self.flow.state.global_step} optimizer steps"]
-        shown = {k: round(v, 4) for k, v in last_eval.items() if k.startswith("eval_") and isinstance(v, float) and "runtime" not in k and "per_second" not in k}
-        if shown:
-            lines.append(f"  last evaluation (step {last_eval.get('step')}): {shown}")
-        if self.flow.state.best_model_checkpoint:
-            lines.append(f"  best checkpoint: {self.flow.state.best_model_checkpoint} ({self.training_args.metric_for_best_model}={self.flow.state.best_metric:.4g})")  # type: ignore[union-attr]
-        lines.append(f"  checkpoints: {', '.join(os.path.join(output_dir, c) for c in checkpoints) or 'none'}")
-        for logger in self.trainer.loggers:
-            if type(logger).__name__ == "TensorBoardLogger":
-                lines.append(f"  TensorBoard logs: {logger.log_dir}  (tensorboard --logdir {os.path.dirname(logger.log_dir)})")
-        lines.append(f"  final model: {output_dir}  (AutoModel*.from_pretrained({output_dir!r}))")
-        self._print("\n".join(lines))
-
-
-@dataclasses.dataclass
-class BuiltRun:
-    """What the config built, kept on the CLI for scripts: the task, the raw model, the tokenizer, the label names."""
-
-    task: str | None
-    model: Any
-    tokenizer: Any
-    labels: list[Any] | None
-
-
-def build_run(
-    model_spec: ModelSpec,
-    data_spec: DataSpec,
-    args: TrainingArguments,
-    *,
-    stage: str = "fit",
-    search_dirs: Sequence[str] = (),
-    run: HFLightningCLI | None = None,
-) -> tuple[HFModule, HFDataModule]:
-    """``HFModule`` + ``HFDataModule`` from the config, built like a transformers example script would."""
-    problems = model_spec.problems() + data_spec.problems()
-    if problems:
-        raise ConfigError("\n".join(problems))
-    task = model_spec.resolved_task()
-    raw = data_spec.load(search_dirs, seed=args.seed)
-    tokenizer = data_spec.load_tokenizer(model_spec, search_dirs)
-    # The labels decide the head's size, so read them before building the model (run_glue does the same).
-    labels = data_spec.label_names(raw, task)
-    set_seed(args.seed)  # the head's initialisation, as transformers' example scripts seed before loading
-    model = model_spec.build(labels=labels, search_dirs=search_dirs)
-    data = data_spec.build(raw, tokenizer, task, model=model, stages=(stage,))
-    module = HFModule(
-        model,
-        args,
-        compute_metrics=model_spec.compute_metrics,
-        preprocess_logits_for_metrics=model_spec.preprocess_logits_for_metrics,
-        processing_class=tokenizer,
-        metrics=model_spec.metrics or None,
+        for name, command in SUBCOMMANDS.items()
+    ]
+    return "\n".join(
+        [
+            f"usage: {USAGE}",
+            "",
+            "Train transformers models with Lightning, from a config file, with transformers.Trainer's semantics",
+            "and its checkpoint-N folders.",
+            "",
+            "subcommands:",
+            *rows,
+            "",
+            f"Each subcommand has its own help: {PROG} fit --help, {PROG} consolidate --help, ...",
+            "",
+            "examples:",
+            EXAMPLES,
+        ]
     )
-    datamodule = HFDataModule(
-        args, train_dataset=data.train, eval_dataset=data.eval, test_dataset=data.test, data_collator=data.collator, processing_class=tokenizer
-    )
-    if stage == "fit":
-        try:  # what transformers.Trainer checks once it has the datasets
-            validate_arguments(
-                args,
-                has_train_dataset=True,
-                train_dataset_has_length=True,
-                has_eval_dataset=data.eval is not None,
-                compute_metrics=model_spec.compute_metrics,
-            )
-        except ValueError as error:
-            raise ConfigError(f"{error}\n(data: eval split {data_spec.eval_split or 'validation'!r} -> {'found' if data.eval is not None else 'none'})") from error
-    if run is not None:
-        run.built = BuiltRun(task=task, model=model, tokenizer=tokenizer, labels=labels)
-    return module, datamodule
 
 
-def run(argv: Sequence[str] | None = None, **kwargs: Any) -> HFLightningCLI:
-    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return it (with ``.trainer``, ``.model``, ``.datamodule``)."""
-    return HFLightningCLI(args=list(argv) if argv is not None else None, **kwargs)
+def usage_error(message: str, *, usage: str = USAGE, help_command: str = f"{PROG} --help") -> NoReturn:
+    """What every ``hf-lightning`` error looks like: a short usage line, the error, where the help is; exit 2."""
+    sys.stderr.write(f"usage: {usage}\nerror: {message}\nFor the options and their help: {help_command}\n")
+    raise SystemExit(2)
+
+
+def unknown_subcommand_message(name: str) -> str:
+    close = difflib.get_close_matches(name, SUBCOMMANDS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown subcommand {name!r}: choose one of {', '.join(SUBCOMMANDS)}{hint}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The ``hf-lightning`` console script: LightningCLI's subcommands, plus ``consolidate`` for sharded FSDP checkpoints."""
+    """The ``hf-lightning`` console script: ``fit``/``validate``/``test``/``predict`` on LightningCLI, ``consolidate``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["consolidate"]:
+    first = argv[0] if argv else None
+    if first in ("-h", "--help"):
+        print(top_level_help())
+        raise SystemExit(0)
+    if first is None:
+        usage_error(f"choose a subcommand: {', '.join(SUBCOMMANDS)}")
+    if first == "consolidate":
         from . import consolidate
 
         raise SystemExit(consolidate.main(argv[1:]))
+    if not first.startswith("-") and first not in CONFIG_SUBCOMMANDS:
+        usage_error(unknown_subcommand_message(first))
     run(argv)
 
 
+def run(argv: Sequence[str] | None = None, **kwargs: Any) -> HFLightningCLI:
+    """Run a config subcommand on ``argv`` (default ``sys.argv[1:]``) and return the CLI (with ``.trainer``, ``.model``,
+    ``.datamodule``, ``.training_args``, ``.flow``); ``run=False`` only builds them."""
+    from .lightning_cli import HFLightningCLI
+
+    return HFLightningCLI(args=list(sys.argv[1:] if argv is None else argv), **kwargs)
+
+
+_LAZY = ("HFLightningCLI", "BuiltRun", "build_run", "lightning_overrides", "training_arguments", "resolve_ckpt_path", "add_training_arguments")
+
+if TYPE_CHECKING:
+    from .lightning_cli import (
+        BuiltRun,
+        HFLightningCLI,
+        add_training_arguments,
+        build_run,
+        lightning_overrides,
+        resolve_ckpt_path,
+        training_arguments,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import lightning_cli
+
+        return getattr(lightning_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
+    main()

@@ -28,15 +28,12 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import nn
-from torch.utils.data import BatchSampler, Sampler, SequentialSampler
 from transformers import TrainingArguments
 from transformers.trainer import FSDP_MODEL_NAME, OPTIMIZER_NAME, OPTIMIZER_NAME_BIN
-from transformers.trainer_pt_utils import LengthGroupedSampler
 from typing_extensions import override
 
 from . import hf_format
 from .hf_format import CheckpointError
-from .state import strategy_name
 
 __all__ = [
     "FSDP2Strategy",
@@ -45,9 +42,7 @@ __all__ = [
     "resolve_strategy",
     "several_processes",
     "prepare_launcher",
-    "eval_sampler",
-    "eval_batch_sampler",
-    "shard_iterable",
+    "gather_remainder",
     "gradient_sync",
     "clip_grad_norm",
     "reduce_sum",
@@ -808,75 +803,36 @@ def clip_grad_norm(strategy: Any, module: nn.Module, max_norm: float, parameters
 # ----------------------------------------------------------------------------------- data
 
 
-def eval_sampler(dataset: Any, args: TrainingArguments, processing_class: Any, *, world_size: int, rank: int) -> Sampler[int] | None:
-    """``Trainer._get_eval_sampler``: sequential (length-grouped with group_by_length).
+def gather_remainder(loader: Any) -> int:
+    """accelerate's ``GradientState.remainder`` for ``loader``: how many samples of its last gathered batch are real.
 
-    With several processes the batches of this sampler are then sharded (``eval_batch_sampler``).
+    -1 (keep everything) unless the loader was prepared by accelerate (``DataLoaderShard``), knows its
+    length and keeps its last batch, as ``gather_for_metrics`` decides.
     """
-    del world_size, rank
-    if strategy_name(args.train_sampling_strategy) == "group_by_length":
-        model_input_name = processing_class.model_input_names[0] if processing_class is not None else None
-        lengths = None
-        try:
-            import datasets
+    from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 
-            if isinstance(dataset, datasets.Dataset) and args.length_column_name in dataset.column_names:
-                lengths = dataset[args.length_column_name]
-        except ImportError:  # pragma: no cover
-            pass
-        return LengthGroupedSampler(
-            args.per_device_eval_batch_size,
-            dataset=dataset,
-            lengths=lengths,
-            model_input_name=model_input_name,
-            generator=torch.Generator().manual_seed(args.data_seed if args.data_seed is not None else args.seed),
-        )
-    return SequentialSampler(dataset)
-
-
-def eval_batch_sampler(sampler: Sampler[int], *, batch_size: int, drop_last: bool, world_size: int, rank: int) -> Any:
-    """The batches rank ``rank`` evaluates: accelerate's ``BatchSamplerShard`` with ``even_batches``.
-
-    Every rank gets the same number of full batches; the last ones are completed with samples
-    from the start, which ``EvalGather`` drops again (``gather_for_metrics``).
-    """
-    batches = BatchSampler(sampler, batch_size, drop_last)
-    if world_size <= 1:
-        return batches
-    from accelerate.data_loader import BatchSamplerShard
-
-    return BatchSamplerShard(batches, num_processes=world_size, process_index=rank, split_batches=False, even_batches=True)
-
-
-def shard_iterable(dataset: Any, *, batch_size: int, drop_last: bool, world_size: int, rank: int) -> Any:
-    """An unsized dataset read by every rank, each keeping its own ``batch_size`` slice of every ``world_size`` batches.
-
-    accelerate's ``IterableDatasetShard``: rank ``r`` trains on the same samples as with transformers'
-    default dispatching (rank 0 reads ``world_size`` batches and sends batch ``r`` to rank ``r``),
-    except that the end of the stream is completed from its start rather than by the dispatcher.
-    """
-    if world_size <= 1:
-        return dataset
-    from accelerate.data_loader import IterableDatasetShard
-
-    return IterableDatasetShard(dataset, batch_size=batch_size, drop_last=drop_last, num_processes=world_size, process_index=rank)
+    if not isinstance(loader, (DataLoaderShard, DataLoaderDispatcher)) or loader._drop_last:
+        return -1
+    try:
+        length = getattr(loader.dataset, "total_dataset_length", len(loader.dataset))
+        return length % loader.total_batch_size
+    except (TypeError, AttributeError):
+        return -1
 
 
 class EvalGather:
     """Pad and gather evaluation tensors across ranks like accelerate's ``gather_for_metrics``.
 
-    On one process both are the identity. With several processes, tensors are padded on dim 1 with
-    -100 to the largest length on any rank and gathered in rank order; in the dataloader's last
-    batch only the first ``len(dataset) % (batch_size * world_size)`` gathered samples are kept
-    (the rest are the samples ``eval_batch_sampler`` repeated to even the batches out).
+    With several processes, tensors are padded on dim 1 with -100 to the largest length on any rank
+    and gathered in rank order. In the dataloader's last batch only the first ``remainder`` gathered
+    samples are kept (the rest repeat samples to even the batches out, or, on one process, the loss
+    repeated ``eval_batch_size`` times); see ``gather_remainder``.
     """
 
-    def __init__(self, strategy: Any, *, num_samples: int | None, batch_size: int, drop_last: bool = False) -> None:
+    def __init__(self, strategy: Any, *, remainder: int = -1) -> None:
         self.strategy = strategy
         self.active = is_distributed(strategy)
-        total = batch_size * world_size(strategy)
-        # accelerate's GradientState.remainder: -1 when unknown or with drop_last
-        self.remainder = num_samples % total if num_samples is not None and not drop_last else -1
+        self.remainder = remainder
         self._last = False
 
     def begin_batch(self, is_last: bool = False) -> None:
@@ -891,15 +847,74 @@ class EvalGather:
         return recursively_apply(_pad_across_ranks, data, error_on_other_type=True)
 
     def gather(self, data: Any) -> Any:
-        if not self.active:
-            return data
         from accelerate.utils import recursively_apply
 
-        gathered = recursively_apply(_gather_cat, data, error_on_other_type=True)
+        gathered = recursively_apply(_gather_cat, data, error_on_other_type=True) if self.active else data
         if self._last and self.remainder > 0:
             remainder = self.remainder
             return recursively_apply(lambda t: t[:remainder], gathered)
         return gathered
+
+
+def gather(strategy: Any, data: Any) -> Any:
+    """accelerate's ``gather``: every rank's tensors concatenated on dim 0 in rank order (identity on one process)."""
+    if not is_distributed(strategy):
+        return data
+    from accelerate.utils import recursively_apply
+
+    return recursively_apply(_gather_cat, data, error_on_other_type=True)
+
+
+def pad_across_processes(strategy: Any, data: Any, *, dim: int = 0, pad_index: int = 0, pad_first: bool = False) -> Any:
+    """accelerate's ``pad_across_processes``: pad ``dim`` to the largest size on any rank (identity on one process)."""
+    if not is_distributed(strategy):
+        return data
+    from accelerate.utils import recursively_apply
+
+    return recursively_apply(_pad_across_ranks, data, error_on_other_type=True, dim=dim, pad_index=pad_index, pad_first=pad_first)
+
+
+def data_ranks(trainer: Any) -> tuple[int, int]:
+    """``(world size, global rank)`` for sharding data, also before Lightning has launched the processes.
+
+    A process that Lightning's launcher started knows its rank from the environment only once the
+    strategy has set its world ranks; that is done here if it has not happened yet.
+    """
+    if trainer is None:
+        return 1, 0
+    strategy = trainer.strategy
+    world = int(trainer.world_size)
+    if world > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        set_ranks = getattr(strategy, "set_world_ranks", None)
+        if callable(set_ranks):
+            set_ranks()
+    return world, int(trainer.global_rank)
+
+
+def sync_accelerate_state(trainer: Any, args: TrainingArguments) -> None:
+    """Make accelerate's global ``PartialState`` (which ``TrainingArguments.world_size``/``process_index`` read)
+    agree with the process group Lightning has set up.
+
+    A process started by Lightning's launcher, or the launching process itself, built its
+    ``TrainingArguments`` before the process group existed, so accelerate took it for a single process.
+    transformers code that branches on ``args.world_size`` would then take different branches on
+    different ranks (a collective on some ranks only: a hang). Call on every rank after setup.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    from accelerate.state import PartialState
+
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    state = PartialState()
+    if state.num_processes == world and state.process_index == rank:
+        return
+    os.environ.setdefault("WORLD_SIZE", str(world))
+    os.environ.setdefault("RANK", str(rank))
+    os.environ.setdefault("LOCAL_RANK", str(trainer.local_rank))
+    PartialState._reset_state()
+    PartialState(cpu=args.use_cpu)
+    if args.__dict__.get("_n_gpu", 1) > 1:
+        args._n_gpu = 1  # one device per process, as transformers sets it for distributed runs
 
 
 # accelerate's `gather`/`pad_across_processes`, on torch.distributed directly: accelerate's versions
@@ -916,7 +931,7 @@ def _gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def _pad_across_ranks(tensor: torch.Tensor, dim: int = 1, pad_index: int = -100) -> torch.Tensor:
+def _pad_across_ranks(tensor: torch.Tensor, dim: int = 1, pad_index: int = -100, pad_first: bool = False) -> torch.Tensor:
     """Pad ``dim`` with ``pad_index`` to the largest size on any rank (a collective unless ``dim`` is absent)."""
     if dim >= tensor.ndim:
         return tensor
@@ -927,5 +942,6 @@ def _pad_across_ranks(tensor: torch.Tensor, dim: int = 1, pad_index: int = -100)
     shape = list(tensor.shape)
     shape[dim] = largest
     padded = tensor.new_full(shape, pad_index)
-    padded.narrow(dim, 0, tensor.shape[dim]).copy_(tensor)
+    start = largest - tensor.shape[dim] if pad_first else 0
+    padded.narrow(dim, start, tensor.shape[dim]).copy_(tensor)
     return padded

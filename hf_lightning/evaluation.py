@@ -1,8 +1,8 @@
-"""Evaluation exactly as ``Trainer.prediction_step`` + ``Trainer.evaluation_loop`` compute it (§5).
+"""The body of ``Trainer.evaluation_loop`` (§5), fed one batch at a time.
 
-Lightning-free: the LightningModule feeds one batch at a time and injects how tensors are padded
-and gathered across processes (identity on a single process). Containers, padding with -100,
-``denumpify_detensorize`` and ``EvalPrediction`` are transformers' own.
+Lightning-free: the LightningModule feeds each batch's ``prediction_step`` output and injects how
+tensors are padded and gathered across processes (``distributed.EvalGather``). Containers, padding
+with -100, ``denumpify_detensorize`` and ``EvalPrediction`` are transformers' own.
 """
 
 from __future__ import annotations
@@ -13,81 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers.trainer_pt_utils import EvalLoopContainer, find_batch_size, nested_detach
+from transformers.trainer_pt_utils import EvalLoopContainer, find_batch_size
 from transformers.trainer_utils import EvalPrediction, denumpify_detensorize
 
-from .loss import LossSettings, compute_loss, count_items
 from .state import prefix_metrics
 
-__all__ = ["PredictionSettings", "prediction_step", "EvalAccumulator", "EvalResult", "default_ignore_keys"]
-
-
-@dataclass(frozen=True)
-class PredictionSettings:
-    """What ``prediction_step`` needs to know about the model and the arguments."""
-
-    label_names: list[str]
-    can_return_loss: bool
-    loss: LossSettings
-
-
-def default_ignore_keys(model: Any) -> list[str]:
-    """``config.keys_to_ignore_at_inference`` (default ``["past_key_values"]``), or [] without a config."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return []
-    return list(getattr(config, "keys_to_ignore_at_inference", ["past_key_values"]))
-
-
-def prediction_step(
-    model: Callable[..., Any],
-    inputs: Mapping[str, Any],
-    settings: PredictionSettings,
-    *,
-    prediction_loss_only: bool,
-    ignore_keys: Sequence[str],
-    reduce_count: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor | None, Any, Any]:
-    """``Trainer.prediction_step``: ``(loss, logits, labels)`` of one batch, each possibly None.
-
-    ``reduce_count`` sums the batch's label count over ranks (``average_tokens_across_devices``),
-    a collective, as ``_get_num_items_in_batch`` does in evaluation too.
-    """
-    has_labels = len(settings.label_names) > 0 and all(inputs.get(k) is not None for k in settings.label_names)
-    return_loss = inputs.get("return_loss")
-    if return_loss is None:
-        return_loss = settings.can_return_loss
-    loss_without_labels = len(settings.label_names) == 0 and return_loss
-    labels = None
-    if has_labels or loss_without_labels:
-        labels = nested_detach(tuple(inputs.get(name) for name in settings.label_names))
-        if len(labels) == 1:
-            labels = labels[0]
-    ignore = list(ignore_keys)
-    with torch.no_grad():
-        if has_labels or loss_without_labels:
-            num_items = count_items([inputs], settings.loss)
-            if num_items is not None and reduce_count is not None:
-                num_items = reduce_count(num_items)
-            loss, outputs = compute_loss(model, inputs, settings.loss, num_items_in_batch=num_items, return_outputs=True)
-            loss = loss.detach().mean()
-            if isinstance(outputs, Mapping):
-                logits = tuple(v for k, v in outputs.items() if k not in ignore + ["loss"])
-            else:
-                logits = outputs[1:]
-        else:
-            loss = None
-            outputs = model(**inputs)
-            if isinstance(outputs, Mapping):
-                logits = tuple(v for k, v in outputs.items() if k not in ignore)
-            else:
-                logits = outputs
-    if prediction_loss_only:
-        return loss, None, None
-    logits = nested_detach(logits)
-    if len(logits) == 1:
-        logits = logits[0]
-    return loss, logits, labels
+__all__ = ["EvalAccumulator", "EvalResult"]
 
 
 @dataclass
@@ -140,7 +71,9 @@ class EvalAccumulator:
         observed = find_batch_size(inputs)
         if observed is not None:
             self._observed += observed
-        batch_size = observed if observed is not None else self.eval_batch_size
+        # transformers repeats each batch's loss eval_batch_size times; gather_for_metrics then drops what the last
+        # batch repeats (see distributed.EvalGather)
+        batch_size = self.eval_batch_size if self.eval_batch_size is not None else observed
         keep = self.keep_predictions
         losses = None
         if loss is not None:

@@ -1,49 +1,45 @@
 """``HFModule``: one LightningModule for any ``PreTrainedModel`` (or plain ``nn.Module`` returning a loss).
 
-It owns *how* a step is computed, with transformers.Trainer's arithmetic: the accumulation group
-arrives as one Lightning batch, ``num_items_in_batch`` is counted over the group (and the ranks),
-each micro-batch is forwarded and back-propagated with the gradient all-reduce deferred to the
-last one, the loss is divided by the group's real size when the model does not normalise it,
-gradients are clipped after unscaling, then the optimizer and scheduler step. Nothing here leaves
-the device during a step; the flow callback reads the accumulators at logging steps only.
+It owns *how* a step is computed, with transformers.Trainer's arithmetic: one Lightning batch is one
+accumulation group (``data.MicroBatchGroup``), ``num_items_in_batch`` is counted over the group (and
+the ranks), each micro-batch goes through the host's ``training_step`` (forward, loss, backward) with
+the gradient all-reduce deferred to the last one, gradients are clipped after unscaling, then the
+optimizer and scheduler step. Nothing here leaves the device during a step; the flow callback reads
+the accumulators at logging steps only.
 
-*When* to log, evaluate and save is decided by ``callbacks.HFFlowCallback``.
+The host (``self.hooks``) is where transformers' override points live: a ``loops.LightningHooks``
+when the module is used on its own, the ``hf_lightning.Trainer`` facade (a transformers.Trainer) when
+the facade drives it. *When* to log, evaluate and save is decided by ``callbacks.HFFlowCallback``.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from transformers import TrainingArguments
 from transformers.trainer_utils import unwrap_peft_model
-from transformers.utils import can_return_loss, find_labels
 from typing_extensions import override
 
 from . import distributed
 from .callbacks.metrics import TorchMetrics
-from .data import MicroBatchGroup
-from .evaluation import EvalAccumulator, EvalResult, PredictionSettings, default_ignore_keys, prediction_step
-from .loss import LossSettings, compute_loss, count_items, loss_is_scaled_for_ga, loss_settings
-from .optim import create_optimizer, create_scheduler, is_plateau_scheduler
+from .data import GroupedLoader, micro_batches
+from .hooks import TrainerHooks, is_plateau_scheduler
 from .schedule import TrainPlan, plan_training
 
 __all__ = ["HFModule"]
 
 HF_CHECKPOINT_KEY = "hf_lightning"
 
-
-# Set at every step (by Lightning's hook dispatch and by the accumulators of ``training_step``) and never a
-# parameter, buffer or submodule: ``HFModule.__setattr__`` skips nn.Module's checks for them (a few µs each).
+# Set at every step and never a parameter, buffer or submodule: ``HFModule.__setattr__`` skips nn.Module's
+# checks for them (a few µs each).
 _PLAIN_ATTRIBUTES = frozenset(
-    {"_current_fx_name", "_tr_loss", "_grad_norm", "_learning_rate", "_tokens_pending", "_tokens_pending_host", "current_flos", "last_logged_step"}
+    {"_current_fx_name", "_tr_loss", "_grad_norm", "_learning_rate", "_tokens_pending", "_tokens_pending_host",
+     "current_flos", "last_logged_step", "stepped", "end_of_data", "step_was_skipped", "eval_request", "model_written"}
 )
 
 
@@ -64,6 +60,8 @@ class HFModule(pl.LightningModule):
         optimizers: ``(optimizer, scheduler)`` to use instead of the ones built from ``args``.
         optimizer_cls_and_kwargs: ``(optimizer class, kwargs)`` to use instead of ``args.optim``.
         metrics: a torchmetrics ``Metric``/``MetricCollection`` updated per eval batch, logged as ``eval_<name>``.
+        hooks: the object carrying transformers' override points (default: a ``loops.LightningHooks`` built
+            from the arguments above; ``hf_lightning.Trainer`` passes itself).
     """
 
     def __init__(
@@ -78,6 +76,7 @@ class HFModule(pl.LightningModule):
         optimizers: tuple[torch.optim.Optimizer | None, Any] = (None, None),
         optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
         metrics: Any = None,
+        hooks: Any = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -87,35 +86,44 @@ class HFModule(pl.LightningModule):
         self.automatic_optimization = False
         self.model = model
         self.args = args
-        self.compute_metrics = compute_metrics
-        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
-        self.compute_loss_func = compute_loss_func
-        self.processing_class = processing_class
-        self.user_optimizer, self.user_scheduler = optimizers
-        self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        if hooks is None:
+            from .loops import LightningHooks
+
+            hooks = LightningHooks(
+                model,
+                args,
+                compute_loss_func=compute_loss_func,
+                compute_metrics=compute_metrics,
+                preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+                processing_class=processing_class,
+                optimizers=optimizers,
+                optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            )
+            hooks.module = self
+        self.hooks: Any = hooks
         # A plain holder, not a submodule: metric states stay out of state_dict and checkpoints.
         self.metrics = TorchMetrics(metrics, preprocess_logits_for_metrics) if metrics is not None else None
-        inspected = unwrap_peft_model(model)
-        self.label_names: list[str] = list(args.label_names) if args.label_names is not None else find_labels(inspected.__class__)
-        self.can_return_loss = can_return_loss(inspected.__class__)
-        if getattr(model, "config", None) is not None:
-            model.config.use_cache = args.use_cache
         # Loaded checkpoints are checked (and tied weights completed) in on_load_checkpoint.
         self.strict_loading = False
         self.train_plan: TrainPlan | None = None
-        self.hf_events: Callable[[str], Any] | None = None
-        self.eval_prefix = "eval"
-        self.eval_ignore_keys: list[str] | None = None
-        self.model_preparation_time: float | None = None
+        self.flow: Any = None
+        """The flow callback (set by it): fires transformers' events, owns the schedule."""
+        from .loops import EvalRuns
+
+        self.evals = EvalRuns(self)
+        self.eval_request: Any = None
+        self.test_prefix = "test"
+        """The metric prefix of a test loop that Lightning starts itself (``lightning.Trainer.test``)."""
         self._reset_train_accumulators()
-        self._eval_runs: dict[int, tuple[str, EvalAccumulator, distributed.EvalGather]] = {}
-        self._loss_settings: LossSettings | None = None
-        self._num_params_for_flos: int | None = None
         self._neftune_handle: Any = None
         self._pending_checkpoint: dict[str, Any] | None = None
         self.stepped = True
         """Whether the last training batch ended with an optimizer step."""
-        self._created_optimizer: torch.optim.Optimizer | None = None
+        self.end_of_data = False
+        """The last training batch found the end of the (unsized) data."""
+        self.step_was_skipped = False
+        self.model_written = False
+        """The host's own ``save_model`` wrote the model files of the checkpoint being saved."""
         self._parameters_for_clipping: list[nn.Parameter] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -124,20 +132,19 @@ class HFModule(pl.LightningModule):
         else:
             super().__setattr__(name, value)
 
-    # ------------------------------------------------------------------------------ settings
+    # ---------------------------------------------------------------------- the host's names
 
     @property
-    def loss_settings(self) -> LossSettings:
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if self._loss_settings is None or self._loss_settings.world_size != world:
-            self._loss_settings = loss_settings(
-                self.model,
-                label_smoothing_factor=self.args.label_smoothing_factor,
-                compute_loss_func=self.compute_loss_func,
-                average_tokens_across_devices=self.args.average_tokens_across_devices,
-                world_size=world,
-            )
-        return self._loss_settings
+    def compute_metrics(self) -> Callable | None:
+        return self.hooks.compute_metrics
+
+    @property
+    def processing_class(self) -> Any:
+        return self.hooks.processing_class
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.hooks.label_names
 
     @property
     def main_input_name(self) -> str:
@@ -148,6 +155,16 @@ class HFModule(pl.LightningModule):
         return self.model(**inputs)
 
     # --------------------------------------------------------------------------------- setup
+
+    @override
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The flow and checkpoint callbacks, when the ``lightning.Trainer`` was not built with them."""
+        from .callbacks import HFCheckpoint, HFFlowCallback
+
+        present = self.trainer.callbacks if self._trainer is not None else []
+        if any(isinstance(cb, HFFlowCallback) for cb in present):
+            return []
+        return [HFFlowCallback(self.args), HFCheckpoint(self.args)]
 
     @override
     def on_fit_start(self) -> None:
@@ -199,19 +216,21 @@ class HFModule(pl.LightningModule):
         if trainer.train_dataloader is None:
             trainer.fit_loop.setup_data()  # what `estimated_stepping_batches` does when it needs the length
         loader = trainer.train_dataloader
-        batch_sampler = getattr(loader, "batch_sampler", None)
-        micro = getattr(batch_sampler, "micro_batches_per_epoch", None)
         ga = self.args.gradient_accumulation_steps
-        if micro is None:
+        if isinstance(loader, GroupedLoader):
+            micro = loader.micro_batches_per_epoch
+        else:
+            if ga > 1:
+                raise ValueError(
+                    f"`gradient_accumulation_steps={ga}` needs the accumulation groups of hf_lightning's training loader; "
+                    f"this run's training dataloader is a plain {type(loader).__name__}, which yields single "
+                    "micro-batches. Pass an `hf_lightning.HFDataModule` (or wrap the loader in "
+                    "`hf_lightning.data.GroupedLoader`), or set `gradient_accumulation_steps=1`."
+                )
             try:
-                micro = len(loader) * (ga if _yields_groups(loader) else 1)
+                micro = len(loader)
             except TypeError:
                 micro = None
-            if ga > 1 and not _yields_groups(loader):
-                raise ValueError(
-                    f"`gradient_accumulation_steps={ga}` needs the accumulation groups that HFDataModule's dataloaders "
-                    "yield; a plain DataLoader gives single micro-batches. Use HFDataModule, or set it to 1."
-                )
         dataset = getattr(loader, "dataset", None)
         try:
             num_examples = len(dataset) if dataset is not None else None
@@ -221,7 +240,7 @@ class HFModule(pl.LightningModule):
             max_steps=self.args.max_steps,
             num_train_epochs=self.args.num_train_epochs,
             gradient_accumulation_steps=ga,
-            per_device_train_batch_size=self.args.per_device_train_batch_size,
+            per_device_train_batch_size=getattr(self.hooks, "_train_batch_size", self.args.per_device_train_batch_size),
             world_size=trainer.world_size,
             micro_batches_per_epoch=micro,
             num_examples=num_examples,
@@ -229,18 +248,29 @@ class HFModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        _check_trainable(self.model, self.compute_loss_func)
+        hooks = self.hooks
+        _check_trainable(self.model, hooks.compute_loss_func)
         self.train_plan = self.compute_train_plan()
-        optimizer = self.user_optimizer
-        if optimizer is None and self._created_optimizer is not None and _owns_parameters(self.model, self._created_optimizer):
-            optimizer = self._created_optimizer  # transformers keeps its optimizer (and its state) for a second train()
+        if hooks.optimizer is not None and not _owns_parameters(self.model, hooks.optimizer):
+            hooks.optimizer = None  # the strategy replaced the parameters (FSDP): build it for the new ones
+        if getattr(hooks, "_created_lr_scheduler", False):
+            # transformers rebuilds the scheduler it created for each train() (the schedule length may change)
+            hooks.lr_scheduler = None
+            hooks._created_lr_scheduler = False
+        # What Trainer._prepare_for_training calls (not create_optimizer_and_scheduler, which train() never calls).
+        hooks.create_optimizer()
+        hooks.create_scheduler(num_training_steps=self.train_plan.max_steps)
+        optimizer, scheduler = hooks.optimizer, hooks.lr_scheduler
         if optimizer is None:
-            optimizer = self._created_optimizer = create_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
-        scheduler = self.user_scheduler
-        if scheduler is None:
-            scheduler = create_scheduler(optimizer, self.args, self.train_plan.max_steps)
+            raise ValueError(
+                f"`{type(hooks).__name__}.create_optimizer` left `self.optimizer` unset: it must create the optimizer "
+                "and keep it in `self.optimizer`, as transformers.Trainer's does."
+            )
         self._fill_missing_training_state(optimizer, scheduler)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        config: dict[str, Any] = {"optimizer": optimizer}
+        if scheduler is not None:
+            config["lr_scheduler"] = {"scheduler": scheduler, "interval": "step"}
+        return config
 
     # ------------------------------------------------------------------------------ training
 
@@ -253,35 +283,25 @@ class HFModule(pl.LightningModule):
         self.current_flos = 0.0
         self.last_logged_step = 0
 
-    def _events(self, name: str) -> Any:
-        """Fire a transformers callback event; returns the ``TrainerControl`` after it (None without a flow callback)."""
-        if self.hf_events is not None:
-            return self.hf_events(name)
-        return None
-
-    def _flos_per_token(self) -> int:
-        if self._num_params_for_flos is None:
-            counter = getattr(self.model, "num_parameters", None)
-            self._num_params_for_flos = int(counter(exclude_embeddings=True)) if callable(counter) else 0
-        return self._num_params_for_flos
+    def _event(self, name: str) -> Any:
+        """Fire a transformers callback event; the ``TrainerControl`` after it (None without a flow callback)."""
+        flow = self.flow
+        return flow.event(name) if flow is not None else None
 
     def _track_inputs(self, micro: Mapping[str, Any]) -> None:
-        main = micro.get(self.main_input_name) if isinstance(micro, Mapping) else None
-        if main is None or not hasattr(main, "numel"):
-            return
-        self.current_flos += float(6 * main.numel() * self._flos_per_token())
+        self.current_flos += float(self.hooks.floating_point_ops(micro))
         mode = str(self.args.include_num_input_tokens_seen)
         if mode in ("no", "False"):
             return
+        main = micro.get(self.main_input_name) if isinstance(micro, Mapping) else None
+        if main is None or not hasattr(main, "numel"):
+            return
+        tokens = None
         if mode == "non_padding":
             if "attention_mask" in micro:
                 tokens = micro["attention_mask"].sum()
             elif self.processing_class is not None and getattr(self.processing_class, "pad_token_id", None) is not None:
                 tokens = (main != self.processing_class.pad_token_id).sum()
-            else:
-                tokens = None
-        else:
-            tokens = None
         if tokens is None:
             # A shape is known on the host: a host count avoids a blocking host-to-device copy per step.
             self._tokens_pending_host += main.numel()
@@ -289,35 +309,50 @@ class HFModule(pl.LightningModule):
         tokens = tokens.to(torch.int64)
         self._tokens_pending = tokens if self._tokens_pending is None else self._tokens_pending + tokens
 
+    def _num_items_in_batch(self, micros: list[Any]) -> Any:
+        """``Trainer._get_num_items_in_batch`` over the group: label tokens, summed over the ranks when asked."""
+        return TrainerHooks._get_num_items_in_batch(self.hooks, micros, None)
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        if isinstance(loader, GroupedLoader):
+            loader.set_epoch(self.trainer.current_epoch)
+
     @override
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        group = batch if isinstance(batch, MicroBatchGroup) else [batch]
-        # transformers.Trainer.training_step calls model.train(); Lightning leaves modes alone, and
-        # from_pretrained returns a model in eval mode (dropout off).
-        self.model.train()
-        settings = self.loss_settings
+        micros, group = micro_batches(batch)
         strategy = self.trainer.strategy
-        num_items = count_items(group, settings)
-        if num_items is not None and settings.average_tokens_across_devices:
-            num_items = distributed.reduce_sum(strategy, num_items)
-        scaled = loss_is_scaled_for_ga(settings, num_items)
+        micros = [strategy.batch_to_device(m) if group is not None else m for m in micros]
+        self.end_of_data = group is not None and group.end_of_data
+        flow = self.flow
+        if flow is not None:
+            flow.on_group_fetched(len(micros))
+        if not micros:
+            self.stepped = False  # the unsized data ended exactly at the previous group
+            return
+        hooks = self.hooks
+        hooks.current_gradient_accumulation_steps = len(micros)
+        num_items = self._num_items_in_batch(micros)
         steps_since_log = self.trainer.global_step - self.last_logged_step
         # transformers on unsized data: a group cut short by the end of the iterator is not a sync step; its
         # gradients and loss carry over into the first optimizer step of the next pass.
         plan = self.train_plan
-        carries_over = plan is not None and plan.micro_batches_per_epoch is None and len(group) < self.args.gradient_accumulation_steps
+        ga = self.args.gradient_accumulation_steps
+        carries_over = plan is not None and plan.micro_batches_per_epoch is None and len(micros) < ga
         self.stepped = not carries_over
-        last = len(group) - 1
+        last = len(micros) - 1
         empty_every = self.args.torch_empty_cache_steps
-        for i, micro in enumerate(group):
+        sync_state = getattr(hooks.accelerator, "gradient_state", None)
+        for i, micro in enumerate(micros):
+            sync = i == last and not carries_over
+            if sync_state is not None:
+                sync_state.sync_gradients = sync
             with distributed.gradient_sync(strategy, self, enabled=i == last):
-                loss = compute_loss(self.model, micro, settings, num_items_in_batch=num_items)
-                if not scaled:
-                    loss = loss / len(group)
-                self.manual_backward(loss)
+                step_loss = hooks.training_step(self.model, micro, num_items)
             if empty_every is not None and self.trainer.global_step % empty_every == 0:
                 _clear_device_cache()  # Trainer.training_step, after each backward
-            step_loss = loss.detach()
+            step_loss = step_loss.detach()
             if self._tr_loss is None:
                 self._tr_loss = torch.zeros((), device=step_loss.device, dtype=torch.float32)
             if self.args.logging_nan_inf_filter:
@@ -327,8 +362,8 @@ class HFModule(pl.LightningModule):
             else:
                 self._tr_loss = self._tr_loss + step_loss
             self._track_inputs(micro)
-            if i < last or carries_over:
-                control = self._events("on_substep_end")
+            if not sync:
+                control = self._event("on_substep_end")
                 if control is not None and (control.should_epoch_stop or control.should_training_stop):
                     self.stepped = False  # transformers breaks out of the group here, without an optimizer step (§8)
                     return
@@ -338,13 +373,13 @@ class HFModule(pl.LightningModule):
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale_before = scaler.get_scale() if scaler is not None else None
         optimizer.step()
-        self._events("on_optimizer_step")
+        self._event("on_optimizer_step")
         scheduler = self.lr_schedulers()
         plateau = is_plateau_scheduler(scheduler)
         inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
         self._learning_rate = inner.param_groups[0]["lr"] if plateau or scheduler is None else scheduler.get_last_lr()[0]
-        skipped = scaler is not None and scaler.get_scale() < scale_before
-        if scheduler is not None and not plateau and not skipped:
+        self.step_was_skipped = scaler is not None and scaler.get_scale() < scale_before
+        if scheduler is not None and not plateau and not self.step_was_skipped:
             scheduler.step()
         optimizer.zero_grad()
 
@@ -370,14 +405,13 @@ class HFModule(pl.LightningModule):
             scaler.unscale_(optimizer)
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else math.inf
         self._grad_norm = distributed.clip_grad_norm(self.trainer.strategy, self, max_norm, self._parameters_for_clipping)
-        self._events("on_pre_optimizer_step")
+        self._event("on_pre_optimizer_step")
+
+    # ----------------------------------------------------------------------- logging reads
 
     def pop_train_loss(self) -> float:
         """Mean over ranks of the loss summed since the last log; resets it. A collective."""
-        if self._tr_loss is None:
-            value = torch.zeros((), device=self.device)
-        else:
-            value = self._tr_loss
+        value = torch.zeros((), device=self.device) if self._tr_loss is None else self._tr_loss
         value = distributed.reduce_mean(self.trainer.strategy, value.float())
         if self._tr_loss is not None:
             # transformers resets with `tr_loss -= tr_loss`: a NaN (filter off) stays NaN for the rest of the run.
@@ -417,101 +451,12 @@ class HFModule(pl.LightningModule):
         value = torch.tensor(flos, dtype=torch.float64, device=self.device)
         return float(distributed.reduce_sum(strategy, value).item())
 
-    def plateau_step(self, metric: float) -> None:
-        """Step a ReduceLROnPlateau/GreedyLR scheduler with the eval metric (§6)."""
-        scheduler = self.lr_schedulers()
-        if scheduler is not None and is_plateau_scheduler(scheduler):
-            scheduler.step(metric)
-
     # ---------------------------------------------------------------------------- evaluation
 
-    def _stage_prefix(self, stage: str) -> str:
-        return self.eval_prefix if stage == "validate" else getattr(self, "test_prefix", "test")
-
-    def _dataloader_names(self, stage: str) -> list[str] | None:
-        loaders = self.trainer.val_dataloaders if stage == "validate" else self.trainer.test_dataloaders
-        return list(loaders.keys()) if isinstance(loaders, Mapping) else None
-
-    def _dataset_len(self, stage: str, index: int) -> int | None:
-        loaders = self.trainer.val_dataloaders if stage == "validate" else self.trainer.test_dataloaders
-        if isinstance(loaders, Mapping):
-            loader = list(loaders.values())[index]
-        elif isinstance(loaders, (list, tuple)):
-            loader = loaders[index]
-        else:
-            loader = loaders
-        try:
-            return len(loader.dataset)
-        except (TypeError, AttributeError):
-            return None
-
-    def _num_batches(self, stage: str, index: int) -> int | float:
-        counts = self.trainer.num_val_batches if stage == "validate" else self.trainer.num_test_batches
-        return counts[index] if index < len(counts) else math.inf
-
-    def _eval_run(self, stage: str, index: int) -> tuple[str, EvalAccumulator, distributed.EvalGather]:
-        run = self._eval_runs.get(index)
-        if run is not None:
-            return run
-        names = self._dataloader_names(stage)
-        base = self._stage_prefix(stage)
-        prefix = f"{base}_{names[index]}" if names else base
-        args = self.args
-        if stage == "validate":
-            loss_only = (self.compute_metrics is None and self.metrics is None) or args.prediction_loss_only
-            keep = not args.batch_eval_metrics
-        else:
-            loss_only = args.prediction_loss_only
-            keep = True
-        if args.eval_use_gather_object and self.trainer.world_size > 1:
-            raise ValueError(
-                "`eval_use_gather_object=True` with several processes is not supported yet: evaluation outputs are "
-                "gathered as tensors. Return tensors from the model, or evaluate on one process."
-            )
-        gather = distributed.EvalGather(
-            self.trainer.strategy,
-            num_samples=self._dataset_len(stage, index),
-            batch_size=args.per_device_eval_batch_size,
-            drop_last=args.dataloader_drop_last,
-        )
-        accumulator = EvalAccumulator(
-            prefix=prefix,
-            eval_batch_size=args.per_device_eval_batch_size,
-            compute_metrics=self.compute_metrics,
-            preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
-            include_for_metrics=list(args.include_for_metrics or []),
-            batch_eval_metrics=args.batch_eval_metrics,
-            eval_accumulation_steps=args.eval_accumulation_steps,
-            eval_do_concat_batches=args.eval_do_concat_batches,
-            logging_nan_inf_filter=args.logging_nan_inf_filter,
-            keep_predictions=keep,
-            gather=gather.gather,
-            pad=gather.pad,
-        )
-        accumulator.prediction_loss_only = loss_only  # type: ignore[attr-defined]
-        # Only torchmetrics during evaluate(): they update per batch, so no prediction is gathered or kept.
-        accumulator.torchmetrics_only = stage == "validate" and self.compute_metrics is None  # type: ignore[attr-defined]
-        accumulator.start_time = time.time()  # type: ignore[attr-defined]
-        run = (prefix, accumulator, gather)
-        self._eval_runs[index] = run
-        return run
-
-    def _eval_step(self, batch: Any, batch_idx: int, dataloader_idx: int, stage: str) -> None:
-        prefix, accumulator, gather = self._eval_run(stage, dataloader_idx)
-        settings = PredictionSettings(label_names=self.label_names, can_return_loss=self.can_return_loss, loss=self.loss_settings)
-        ignore = self.eval_ignore_keys if self.eval_ignore_keys is not None else default_ignore_keys(self.model)
-        reduce_count = partial(distributed.reduce_sum, self.trainer.strategy) if settings.loss.average_tokens_across_devices else None
-        loss, logits, labels = prediction_step(
-            self.model, batch, settings, prediction_loss_only=accumulator.prediction_loss_only, ignore_keys=ignore, reduce_count=reduce_count  # type: ignore[attr-defined]
-        )
-        if self.metrics is not None and logits is not None and labels is not None:
-            self.update_torchmetrics(dataloader_idx, logits, labels)
-            if accumulator.torchmetrics_only:  # type: ignore[attr-defined]
-                logits = labels = None
-        main_input = batch.get(self.main_input_name) if isinstance(batch, Mapping) else None
-        is_last = batch_idx + 1 >= self._num_batches(stage, dataloader_idx)
-        gather.begin_batch(is_last)
-        accumulator.add(batch, loss, logits, labels, main_input=main_input, is_last=is_last)
+    @property
+    def current_eval_gather(self) -> Any:
+        """The gatherer of the evaluation batch being computed (``accelerator.gather_for_metrics`` uses it)."""
+        return self.evals.current_gather
 
     @override
     def on_validation_model_zero_grad(self) -> None:
@@ -529,7 +474,7 @@ class HFModule(pl.LightningModule):
 
     def _cast_for_full_eval(self) -> None:
         # Trainer.evaluation_loop outside train(): fp16/bf16_full_eval cast the model itself (it stays cast).
-        if self.trainer.state.fn == "fit":
+        if self.trainer.state.fn == "fit" or getattr(self.hooks, "is_in_train", False):
             return
         dtype = torch.float16 if self.args.fp16_full_eval else torch.bfloat16 if self.args.bf16_full_eval else None
         if dtype is not None:
@@ -538,50 +483,29 @@ class HFModule(pl.LightningModule):
 
     @override
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, batch_idx, dataloader_idx, "validate")
+        if not self.trainer.sanity_checking:
+            self.evals.step(batch, batch_idx, dataloader_idx, "validate")
 
     @override
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, batch_idx, dataloader_idx, "test")
-
-    def update_torchmetrics(self, dataloader_idx: int, logits: Any, labels: Any) -> None:
-        """Update the torchmetrics ``metrics=`` of eval dataset ``dataloader_idx`` with one batch (see ``callbacks.metrics``)."""
-        if self.metrics is not None:
-            self.metrics.update(dataloader_idx, logits, labels)
-
-    def finish_eval(self, stage: str, dataloader_idx: int) -> tuple[str, EvalResult, float] | None:
-        """Close the evaluation of one dataloader: ``(prefix, result, start_time)``. A collective."""
-        run = self._eval_runs.pop(dataloader_idx, None)
-        if run is None:
-            return None
-        prefix, accumulator, _ = run
-        result = accumulator.finish(self._dataset_len(stage, dataloader_idx), model_preparation_time=self.model_preparation_time)
-        if self.metrics is not None:  # after compute_metrics' keys, as if it had returned them
-            result.metrics.update(self.metrics.compute(dataloader_idx, prefix))
-        return prefix, result, accumulator.start_time  # type: ignore[attr-defined]
-
-    def pending_eval_indices(self) -> list[int]:
-        return sorted(self._eval_runs)
+        self.evals.step(batch, batch_idx, dataloader_idx, "test")
 
     # --------------------------------------------------------------------------- checkpoints
 
     def save_model(self, output_dir: str) -> None:
-        """Export the model like ``transformers.Trainer.save_model``: weights and config, tokenizer, ``training_args.bin``.
+        """The host's ``save_model``: weights and config, tokenizer, ``training_args.bin``, loadable with ``from_pretrained``.
 
-        ``from_pretrained(output_dir)`` loads the result. Under several processes call it on every
-        rank (the full state is gathered); rank 0 writes.
+        Under several processes call it on every rank (the full state is gathered); rank 0 writes.
         """
-        from .callbacks.checkpoint import export_model
-
-        export_model(self._trainer, self, str(output_dir))
+        self.hooks.save_model(str(output_dir))
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
-        collator = getattr(datamodule, "data_collator", None)
+        collator = getattr(self.hooks, "data_collator", None)
         extras = checkpoint.setdefault(HF_CHECKPOINT_KEY, {})
         extras.update(
-            {"model": self.model, "processing_class": self.processing_class, "data_collator": collator, "args": self.args}
+            {"model": self.model, "processing_class": self.processing_class, "data_collator": collator, "args": self.args,
+             "model_written": self.model_written}
         )
 
     @override
@@ -615,11 +539,17 @@ class HFModule(pl.LightningModule):
             for key, value in state_dict.items()
             if key in expected and tuple(expected[key].shape) != tuple(value.shape)
         ]
-        if mismatched:
+        overridden = type(self.model).load_state_dict is not nn.Module.load_state_dict
+        if mismatched and not overridden:  # before anything is loaded: the model stays as it was
             raise CheckpointError(
                 f"{weights}: the weights do not fit {type(self.model).__name__}, {len(mismatched)} shapes differ: "
                 + "; ".join(mismatched[:10]) + (" ..." if len(mismatched) > 10 else "")
             )
+        if overridden:
+            # The model's own load_state_dict, non-strict, as transformers' _load_from_checkpoint calls it (this one
+            # resizes a buffer, say); Lightning then restores what the model now holds.
+            self.model.load_state_dict({k.removeprefix("model."): v for k, v in state_dict.items()}, False)
+            checkpoint["state_dict"] = self.state_dict()
         if "optimizer_states" not in checkpoint or "lr_schedulers" not in checkpoint:
             self._pending_checkpoint = checkpoint
             if self._trainer is not None and self.trainer.optimizers:
@@ -647,12 +577,6 @@ def _clear_device_cache() -> None:
     clear_device_cache()
     if torch.backends.mps.is_available() and hasattr(torch.mps, "clear_graph_cache"):
         torch.mps.clear_graph_cache()
-
-
-def _yields_groups(loader: Any) -> bool:
-    from .data import GroupCollator
-
-    return isinstance(getattr(loader, "collate_fn", None), GroupCollator)
 
 
 def _tied_keys(model: nn.Module, prefix: str = "") -> dict[str, str]:

@@ -10,7 +10,10 @@ person holding the config file can fix.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib
+import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -19,7 +22,7 @@ from typing import Any, Literal
 
 from torchmetrics import Metric
 
-__all__ = ["ModelSpec", "DataSpec", "ConfigError", "TASKS", "BuiltData", "resolve_path"]
+__all__ = ["ModelSpec", "DataSpec", "ConfigError", "TASKS", "BuiltData", "resolve_path", "config_problems", "config_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,67 @@ def resolve_path(value: str, search_dirs: Sequence[str] = ()) -> str:
     return value
 
 
+# Keys every config accepts besides its class's fields: what ``PretrainedConfig.__post_init__`` consumes, and the
+# attributes that were ``PretrainedConfig.__init__`` parameters before transformers 5 and that model code still
+# reads from any config (T5 reads ``decoder_start_token_id``, encoder-decoders ``tie_encoder_decoder``...).
+CONFIG_COMMON_KEYS = frozenset({
+    "num_labels", "torch_dtype", "attn_implementation", "experts_implementation", "output_attentions", "name_or_path",
+    "rope_scaling", "rope_theta", "per_layer_config",
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id", "tie_word_embeddings",
+    "is_decoder", "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder", "tokenizer_class",
+    "prefix", "task_specific_params", "finetuning_task", "pruned_heads", "torchscript",
+})
+
+
+def config_fields(config_class: type) -> set[str]:
+    """The keys ``config_class(**kwargs)`` knows: its fields (dataclass fields, or ``__init__`` parameters for an
+    older-style config) and the names of its ``attribute_map`` (``hidden_size`` for T5's ``d_model``)."""
+    if dataclasses.is_dataclass(config_class):
+        names = {f.name for f in dataclasses.fields(config_class)}
+    else:
+        kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        parameters = inspect.signature(config_class.__init__).parameters.values()
+        names = {p.name for p in parameters if p.kind not in kinds and p.name != "self"}
+    return names | set(getattr(config_class, "attribute_map", {}) or {})
+
+
+def config_problems(config: dict[str, Any]) -> list[str]:
+    """Keys of ``model.config`` its ``model_type``'s config class doesn't know, each with the closest field.
+
+    transformers keeps an unknown key as a stray attribute and builds the default size (a typo ``hiden_size``
+    gives a 768-wide BERT), and drops generation settings (``max_length``, ``num_beams``...) without a word.
+    """
+    from transformers import GenerationConfig, PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else " (see transformers' CONFIG_MAPPING)."
+        return [f"model.config.model_type: {model_type!r} is not a transformers model type{hint}"]
+    config_class = CONFIG_MAPPING[model_type]
+    fields = config_fields(config_class)
+    generation = set(GenerationConfig._get_default_generation_params()) - fields
+    problems = []
+    for key in config:
+        if key == "model_type" or key in fields or key in CONFIG_COMMON_KEYS:
+            continue
+        if key in generation:
+            problems.append(f"model.config.{key}: a generation setting, which transformers drops from a model config "
+                            "(it belongs to the model's GenerationConfig).")
+            continue
+        close = difflib.get_close_matches(key, sorted(fields | CONFIG_COMMON_KEYS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        problems.append(f"model.config.{key}: {config_class.__name__} (model_type {model_type!r}) has no field {key!r}{hint}")
+    if problems:
+        own = sorted(fields - config_fields(PretrainedConfig))
+        aliases = getattr(config_class, "attribute_map", {}) or {}
+        shown = [f"{name} (= {aliases[name]})" if name in aliases else name for name in own]
+        problems.append(f"  {config_class.__name__}'s fields: {', '.join(shown)}; and those of every config "
+                        f"({', '.join(sorted(config_fields(PretrainedConfig) | CONFIG_COMMON_KEYS))}).")
+    return problems
+
+
 @dataclass
 class ModelSpec:
     """The model: a pretrained name or folder loaded with an Auto class, or a config to build from scratch.
@@ -98,6 +162,8 @@ class ModelSpec:
             found.append("model.config: builds a model from scratch and can't be combined with `model.name_or_path`.")
         if self.config is not None and "model_type" not in self.config:
             found.append(f"model.config: needs a `model_type` (e.g. bert, llama, t5); got keys {sorted(self.config)}.")
+        elif self.config is not None:
+            found.extend(config_problems(self.config))
         if self.task is None and self.auto_class is None:
             found.append(f"model.task: set one of {list(TASKS)} (or `model.auto_class`).")
         return found
@@ -373,7 +439,7 @@ class DataSpec:
             explicit = getattr(self, key)
             if explicit is not None and explicit not in names:
                 problems.append(f"data.{key}: {explicit!r} is not a column; the dataset has {names}.")
-        if text is None or (text not in names):
+        if self.text_column is None and text is None:
             problems.append(f"data.text_column: no text column found; the dataset has {names}.")
         if task == "seq2seq" and target is None:
             problems.append(f"data.target_column: seq2seq needs a target text column; the dataset has {names}.")

@@ -26,6 +26,8 @@ __all__ = [
     "update_best_metric",
     "eval_speed_metrics",
     "MemoryTracker",
+    "start_memory_tracker",
+    "stop_memory_tracker",
 ]
 
 
@@ -152,32 +154,68 @@ def update_best_metric(
 
 
 class MemoryTracker(TrainerMemoryTracker):
-    """transformers' ``TrainerMemoryTracker`` with the stage named by the caller.
+    """transformers' ``TrainerMemoryTracker``, also usable from outside transformers.Trainer's methods.
 
-    transformers derives the stage (init/train/eval/test) from the calling method's name, which only
-    works inside ``transformers.Trainer``; the keys, their order and the init-keys-go-first rule stay
-    transformers' own.
+    transformers derives the stage (init/train/eval/test) from the name of the calling method two
+    frames up, which only works inside ``transformers.Trainer``. Here the stage is the one named by
+    ``begin``/``end``, or else the nearest calling method with a stage name (``train``, ``evaluate``,
+    ``predict``, ...). The keys, their order and the init-keys-go-first rule stay transformers' own.
     """
 
     def __init__(self, skip_memory_metrics: bool) -> None:
         super().__init__(skip_memory_metrics)
-        self._stage = "init"
+        self._stage: str | None = None
+
+    @classmethod
+    def adopt(cls, tracker: TrainerMemoryTracker) -> MemoryTracker:
+        """This tracker with the state of ``tracker`` (e.g. what transformers' ``__init__`` measured)."""
+        adopted = cls.__new__(cls)
+        adopted.__dict__.update(tracker.__dict__)
+        adopted._stage = None
+        return adopted
 
     def derive_stage(self) -> str:
-        return self._stage
+        if self._stage is not None:
+            return self._stage
+        import inspect
+
+        frame = inspect.currentframe()
+        while frame is not None:
+            if frame.f_code.co_name in self.stages:
+                return self.stages[frame.f_code.co_name]
+            frame = frame.f_back
+        raise ValueError(f"the memory tracker was not called from one of {list(self.stages)}")
 
     def begin(self, stage: str) -> None:
         """Start measuring ``stage`` (ignored while another stage, e.g. train around an eval, runs)."""
         if self.skip_memory_metrics:
             return
         self._stage = stage
-        self.start()
+        try:
+            self.start()
+        finally:
+            self._stage = None
 
     def end(self, stage: str, metrics: dict[str, Any] | None = None) -> None:
         """Stop ``stage`` and add its ``{stage}_mem_*`` keys (and the init ones, the first time) to ``metrics``."""
         if self.skip_memory_metrics:
             return
         if "init" not in self.cpu and self.cur_stage != "init":
-            self.init_reported = True  # no facade __init__ was measured (build_trainer path)
+            self.init_reported = True  # no facade __init__ was measured (HFModule on its own)
         self._stage = stage
-        self.stop_and_update_metrics(metrics)
+        try:
+            self.stop_and_update_metrics(metrics)
+        finally:
+            self._stage = None
+
+
+def start_memory_tracker(tracker: Any, stage: str) -> None:
+    """``tracker.begin(stage)`` for hf_lightning's tracker (transformers' own derives its stage itself)."""
+    if isinstance(tracker, MemoryTracker) and getattr(tracker, "cur_stage", None) is None:
+        tracker.begin(stage)
+
+
+def stop_memory_tracker(tracker: Any, stage: str, metrics: dict[str, Any] | None = None) -> None:
+    """``tracker.end(stage, metrics)`` for hf_lightning's tracker."""
+    if isinstance(tracker, MemoryTracker):
+        tracker.end(stage, metrics)

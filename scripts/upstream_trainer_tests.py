@@ -94,17 +94,21 @@ def main() -> int:
     parser.add_argument("--stock", action="store_true", help="run against transformers.Trainer itself")
     parser.add_argument("--compare", action="store_true", help="run both and list what passes on stock only")
     parser.add_argument("--json", type=Path, help="write {test: [stock, hf_lightning]} here (with --compare)")
+    parser.add_argument("--baseline", type=Path, help="a --json file of an earlier --compare: compare against its stock results")
     parser.add_argument("pytest_args", nargs="*", help="arguments for pytest (after --)")
     options = parser.parse_args()
     if not options.upstream.is_dir():
         parser.error(f"--upstream {options.upstream}: not a folder with transformers' tests/trainer")
     with tempfile.TemporaryDirectory(prefix="upstream-trainer-") as tmp:
-        if not options.compare:
+        if not options.compare and options.baseline is None:
             results = run(options.upstream, options.stock, options.pytest_args, Path(tmp))
             counts = {k: list(results.values()).count(k) for k in ("passed", "failed", "skipped")}
             print(f"{'stock transformers' if options.stock else 'hf_lightning'}: {counts}")
             return 0 if counts["failed"] == 0 else 1
-        stock = run(options.upstream, True, options.pytest_args, Path(tmp) / "stock")
+        if options.baseline is not None:
+            stock = {test: outcomes[0] for test, outcomes in json.loads(options.baseline.read_text()).items()}
+        else:
+            stock = run(options.upstream, True, options.pytest_args, Path(tmp) / "stock")
         ours = run(options.upstream, False, options.pytest_args, Path(tmp) / "ours")
     passing = sorted(t for t, o in stock.items() if o == "passed")
     lost = [t for t in passing if ours.get(t) != "passed"]

@@ -160,7 +160,10 @@ def test_kwargs_are_the_run_objects(tmp_path, tokenizer):
         optimizer, scheduler = kwargs["optimizer"], kwargs["lr_scheduler"]
         assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in hf_kwargs["optimizer"].param_groups]
         assert scheduler.get_last_lr() == hf_kwargs["lr_scheduler"].get_last_lr()
-        assert kwargs["train_dataloader"] is trainer.lightning_trainer.train_dataloader
+        # the micro-batch loader transformers would iterate (inside Lightning's per-step grouping)
+        assert kwargs["train_dataloader"] is trainer.lightning_trainer.train_dataloader.loader
+        assert type(kwargs["train_dataloader"]) is type(hf_kwargs["train_dataloader"])
+        assert len(kwargs["train_dataloader"]) == len(hf_kwargs["train_dataloader"])
         if event == "on_prediction_step":  # the loader of the dataset being evaluated, as in transformers
             assert len(kwargs["eval_dataloader"]) == len(hf_kwargs["eval_dataloader"])
             assert len(kwargs["eval_dataloader"].dataset) == len(hf_kwargs["eval_dataloader"].dataset)

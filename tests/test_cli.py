@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -113,17 +114,111 @@ def test_yaml_config_gives_the_same_run_as_python(workdir, tmp_path):
 # ------------------------------------------------------------------------- help and overrides
 
 
-def test_help_shows_every_training_argument_with_its_help(capsys):
-    with pytest.raises(SystemExit):
-        hl_cli.run(["fit", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
+def cli_help(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as raised:
+        hl_cli.run(argv)
+    assert raised.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_fit_help_is_short_and_names_every_option(capsys):
+    """``fit --help``: our groups in full, the TrainingArguments fields by name, no list of every importable class."""
+    out = cli_help(["fit", "--help"], capsys)
+    lines = out.splitlines()
+    assert len(lines) < 300, len(lines)  # was 1,205
+    assert lines[0].startswith("usage: hf-lightning fit ") and len(lines[0]) < 130
+    text = " ".join(out.split())
+    assert hl_cli.SUBCOMMANDS["fit"].summary in text
     for field in dataclasses.fields(TrainingArguments):
+        if field.init:
+            assert re.search(rf"[ ,]{field.name}[,. ]", text), field.name
+    for key in ("--model.task", "--model.config", "--data.text_column", "--trainer.strategy", "--trainer.callbacks",
+                "--ckpt_path", "--print_config", "--args.help [FIELD]", "--model.metrics.help [CLASS_PATH_OR_NAME]"):
+        assert key in text, key
+    assert text.count("torchmetrics.") <= 2  # the 150 metric classes are behind --model.metrics.help
+    assert "lightning.pytorch.callbacks.ModelCheckpoint" not in text
+    assert "weights_only" not in text  # checkpoint-N folders are always read with weights_only=True
+    assert "registry" not in text and "hpc" not in text  # Lightning's ckpt_path keywords
+
+
+def test_args_help_shows_every_training_argument_with_its_help(capsys):
+    text = " ".join(cli_help(["fit", "--args.help"], capsys).split())
+    for field in dataclasses.fields(TrainingArguments):
+        if not field.init:
+            continue
         assert f"--args.{field.name} " in text, field.name
         words = " ".join(str(field.metadata.get("help", "")).split()[:5])
         assert words in text, f"help of args.{field.name} missing: {words!r}"
-    for key in ("--model.task", "--data.text_column", "--trainer.strategy", "--trainer.callbacks", "--ckpt_path", "--print_config"):
-        assert key in text
     assert "The initial learning rate for the optimizer. (type: float, default: 5e-05)" in text
+
+
+def test_args_help_of_one_field(capsys):
+    out = cli_help(["validate", "--args.help", "learning_rate"], capsys)
+    assert "--args.learning_rate" in out and "--args.weight_decay" not in out
+    assert out.splitlines()[0] == "usage: hf-lightning validate [--args.FIELD VALUE ...]"
+    message = cli_error(["fit", "--args.help", "learning_rat"], capsys)
+    assert "'learning_rat' is not a TrainingArguments field; did you mean learning_rate?" in message
+
+
+def test_class_lists_are_behind_a_sub_help(capsys):
+    listed = cli_help(["fit", "--model.metrics.help"], capsys)
+    assert "  torchmetrics.classification.MulticlassAccuracy" in listed.splitlines()
+    assert len(listed.splitlines()) > 50
+    assert "hf-lightning fit --model.metrics.help " in listed  # how to see one class's arguments
+    one = cli_help(["fit", "--model.metrics.help", "MulticlassAccuracy"], capsys)
+    assert "--model.metrics.num_classes" in one
+    callbacks = cli_help(["fit", "--trainer.callbacks.help"], capsys).splitlines()
+    assert "  transformers.EarlyStoppingCallback" in callbacks and "  lightning.pytorch.callbacks.LearningRateMonitor" in callbacks
+
+
+@pytest.mark.parametrize("subcommand", hl_cli.CONFIG_SUBCOMMANDS)
+def test_each_subcommand_has_its_own_help_and_ckpt_path_help(subcommand, capsys):
+    out = cli_help([subcommand, "--help"], capsys)
+    text = " ".join(out.split())
+    assert out.startswith(f"usage: hf-lightning {subcommand} ")
+    assert hl_cli.SUBCOMMANDS[subcommand].summary in text
+    ckpt = " ".join(text.split("--ckpt_path CKPT_PATH ", 1)[1].split()[:80])
+    assert ckpt.startswith(hl_cli.SUBCOMMANDS[subcommand].ckpt_path), ckpt
+    for words in ("checkpoint-N folder", "`last`: the newest checkpoint-N in args.output_dir", "`best`"):
+        assert words in ckpt
+
+
+def test_top_level_help_lists_every_subcommand_without_importing_lightning():
+    """``hf-lightning --help`` answers from the subcommand table, in a process that never imports torch."""
+    code = ("import sys, resource\n"
+            "from hf_lightning.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "heavy = sorted(m for m in ('torch', 'lightning', 'transformers', 'jsonargparse', 'torchmetrics') if m in sys.modules)\n"
+            "print('heavy modules:', heavy)\n")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    before = os.times()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    after = os.times()
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "heavy modules: []" in done.stdout
+    for name, command in hl_cli.SUBCOMMANDS.items():
+        assert re.search(rf"^  {name} +{re.escape(command.summary.split()[0])}", done.stdout, re.M), name
+    assert "consolidate" in done.stdout.splitlines()[0]
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    assert cpu < 3.0, f"hf-lightning --help took {cpu:.1f} s of CPU"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ([], "error: choose a subcommand: fit, validate, test, predict, consolidate"),
+        (["fitt"], "error: unknown subcommand 'fitt': choose one of fit, validate, test, predict, consolidate; did you mean 'fit'?"),
+    ],
+)
+def test_top_level_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        hl_cli.main(argv)
+    assert raised.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "usage: hf-lightning {fit,validate,test,predict,consolidate} ...", message,
+        "For the options and their help: hf-lightning --help",
+    ]
 
 
 def test_overrides_and_print_config(workdir, tmp_path, capsys):
@@ -151,12 +246,55 @@ def test_overrides_and_print_config(workdir, tmp_path, capsys):
         (["--data.eval_split", "dev"], "data.eval_split"),
         (["--args.eval_strategy", "steps", "--data.data_files", "cls/train.csv"], "eval_strategy"),
         (["--args.load_best_model_at_end", "true"], "load_best_model_at_end"),
+        (["--bogus", "1"], "unrecognized arguments: --bogus"),
+        (["--ckpt_path", "/no/such/checkpoint-3"], "ckpt_path: '/no/such/checkpoint-3' does not exist"),
+        (["--model.config", '{"model_type": "bert", "hiden_size": 16}'], "model.config.hiden_size"),
     ],
 )
 def test_config_errors_name_the_key(workdir, tmp_path, capsys, overrides, key):
+    """Every error: a short usage line, the error naming the key, the help command; no usage dump."""
     path = write_config(workdir / "errors.yaml", classification_config(workdir, tmp_path, max_steps=2))
     message = cli_error(["fit", "--config", path, *overrides], capsys)
-    assert key in message.rsplit("error:", 1)[-1], message[-500:]
+    lines = message[message.index("usage: "):].splitlines()  # before it: the datasets' own progress bars, if any
+    assert lines[0].startswith("usage: hf-lightning fit [-h] [-c CONFIG]") and len(lines[0]) < 130, message
+    assert lines[1].startswith("error: ")
+    assert lines[-1] == "For the options and their help: hf-lightning fit --help"
+    assert len(lines) <= 12, message  # the usage dump alone was ~165 lines
+    assert key in "\n".join(lines[1:-1]), message[-500:]
+
+
+def test_typo_in_model_config_is_refused_with_the_valid_fields(workdir, tmp_path, capsys):
+    """transformers keeps ``hiden_size`` as a stray attribute and builds a 768-wide BERT; the CLI refuses it first."""
+    config = classification_config(workdir, tmp_path, max_steps=2)
+    config["model"]["config"] = {**TINY_BERT, "hiden_size": 16, "num_beams": 2}
+    message = cli_error(["fit", "--config", write_config(workdir / "typo.yaml", config)], capsys)
+    assert "model.config.hiden_size: BertConfig (model_type 'bert') has no field 'hiden_size'; did you mean 'hidden_size'?" in message
+    assert "model.config.num_beams: a generation setting" in message
+    fields = message.split("BertConfig's fields: ", 1)[1]
+    assert all(name in fields for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"))
+    assert "Generating" not in message  # refused before any data is read
+
+
+@pytest.mark.parametrize(
+    "config,problems",
+    [
+        (TINY_BERT, []),
+        (TINY_LLAMA, []),
+        (TINY_T5, []),  # decoder_start_token_id: not a T5Config field, but a key every config accepts
+        ({**TINY_BERT, "hiden_size": 16}, ["model.config.hiden_size: BertConfig (model_type 'bert') has no field 'hiden_size'; did you mean 'hidden_size'?"]),
+        ({**TINY_T5, "hidden_size": 16}, []),  # T5Config.attribute_map: hidden_size -> d_model
+        ({**TINY_LLAMA, "num_kv_heads": 2}, ["model.config.num_kv_heads: LlamaConfig (model_type 'llama') has no field 'num_kv_heads'; did you mean 'num_key_value_heads'?"]),
+        ({**TINY_T5, "num_beams": 4}, ["model.config.num_beams: a generation setting, which transformers drops from a model config (it belongs to the model's GenerationConfig)."]),
+        ({"model_type": "bertt"}, ["model.config.model_type: 'bertt' is not a transformers model type; did you mean 'bert', 'ibert', 'hubert'?"]),
+    ],
+)
+def test_config_problems(config, problems):
+    from hf_lightning.specs import config_problems
+
+    found = config_problems(config)
+    assert [p for p in found if not p.startswith("  ")] == problems
+    if problems and "model_type" not in problems[0]:
+        assert found[-1].startswith(f"  {'T5' if config['model_type'] == 't5' else config['model_type'].capitalize()}Config's fields: ")
 
 
 def test_missing_model_is_reported_with_every_problem(workdir, tmp_path, capsys):
@@ -253,6 +391,25 @@ def test_python_dash_m_entry_point(workdir, tmp_path):
                           capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert yaml.safe_load(done.stdout)["args"]["max_steps"] == 2
+    assert "intended to run from within Python" not in done.stderr  # LightningCLI's warning about args + sys.argv
+
+
+def test_a_cli_run_is_quiet(workdir, tmp_path):
+    """``hf-lightning fit`` in a fresh process: none of Lightning's warnings and banners no user can act on."""
+    config = classification_config(workdir, tmp_path / "out", max_steps=2, logging_steps=1, disable_tqdm=False)
+    config["data"]["data_files"] = {"train": "cls/train.csv"}  # no eval set
+    config["trainer"] = {}  # the defaults: no model summary
+    path = write_config(workdir / "quiet.yaml", config)
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("PYTHONWARNINGS", None)
+    done = subprocess.run([sys.executable, "-m", "hf_lightning", "fit", "--config", path],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    noise = ["intended to run from within Python", "LeafSpec", "Total length of", "GPU available", "TPU available", "Tip:",
+             "Trainable params", "`Trainer.fit` stopped"]
+    assert [text for text in noise if text in console] == [], console[-3000:]
+    assert "hf-lightning fit: 2 optimizer steps" in done.stdout
 
 
 @pytest.mark.distributed

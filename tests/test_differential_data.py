@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datasets
 import pytest
+
+import hf_lightning
 import torch
 
 from helpers import assert_same_history, assert_same_weights, build, run_both
@@ -66,7 +68,7 @@ def test_remove_unused_columns_false_keeps_everything(tmp_path):
 def test_no_matching_column_is_a_clear_error(tmp_path):
     ds = datasets.Dataset.from_dict({"text": ["a b", "c d"], "other": [1, 2]})
     trainer = build("hl", TinyReg, tmp_path, trainer_kwargs=dict(train_dataset=ds), max_steps=1)
-    with pytest.raises(ValueError, match=r"No column .*forward signature.*remove_unused_columns") as raised:
+    with pytest.raises(ValueError, match=r"No columns in the dataset match the model.s forward method signature.*remove_unused_columns") as raised:
         trainer.train()
     assert "input_x" in str(raised.value) and "text" in str(raised.value)
 
@@ -141,11 +143,17 @@ def test_seed_sets_dropout_stream_and_full_determinism(tmp_path):
 def test_dataloader_options_are_passed(tmp_path):
     trainer = build("hl", TinyReg, tmp_path, trainer_kwargs=dict(train_dataset=RegressionDataset(16), eval_dataset=RegressionDataset(4)),
                     dataloader_num_workers=1, dataloader_prefetch_factor=3, dataloader_persistent_workers=True, max_steps=2)
-    trainer.datamodule.trainer = trainer.lightning_trainer
-    loader = trainer.datamodule.train_dataloader()
+    loader = trainer.get_train_dataloader()
     assert (loader.num_workers, loader.prefetch_factor, loader.persistent_workers) == (1, 3, True)
-    eval_loader = trainer.datamodule.val_dataloader()
+    eval_loader = trainer.get_eval_dataloader()
     assert (eval_loader.num_workers, eval_loader.prefetch_factor) == (1, 3)
+    module = hf_lightning.HFModule(TinyReg(), trainer.args)  # the Lightning way builds the same loaders
+    datamodule = hf_lightning.HFDataModule(trainer.args, train_dataset=RegressionDataset(16), eval_dataset=RegressionDataset(4))
+    lightning_trainer = hf_lightning.build_trainer(trainer.args, enable_progress_bar=False)
+    lightning_trainer.strategy.connect(module)
+    datamodule.trainer = lightning_trainer
+    for ours in (datamodule.train_dataloader(), datamodule.val_dataloader()):
+        assert (ours.num_workers, ours.prefetch_factor) == (1, 3)
 
 
 def test_peft_model_columns_and_labels_from_the_base_model(tmp_path, tokenizer):

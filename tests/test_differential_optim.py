@@ -11,9 +11,14 @@ from transformers import Trainer as HFTrainer
 from transformers.trainer_utils import SchedulerType
 
 from helpers import assert_same_history, assert_same_weights, make_args, run_both
-from hf_lightning.optim import parameter_groups
+from hf_lightning.hooks import TrainerHooks
 from lm import tiny_bert_classifier, tiny_llama
 from tiny import RegressionDataset, TinyReg
+
+
+def parameter_groups(model, weight_decay):
+    """The groups of hf_lightning's create_optimizer (the Lightning way: TrainerHooks)."""
+    return TrainerHooks(model, make_args("unused", weight_decay=weight_decay)).create_optimizer().param_groups
 
 
 def _named_groups(model, groups):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader
 
 from hf_lightning import distributed
 from hf_lightning.hf_format import CheckpointError
@@ -114,39 +114,28 @@ def test_fsdp2_strategy_state_dict_types() -> None:
 # ---------------------------------------------------------------------------------- evaluation
 
 
-@pytest.mark.parametrize(
-    ("num_samples", "batch_size", "world", "drop_last"),
-    [(13, 4, 2, False), (16, 4, 2, False), (7, 2, 2, False), (3, 4, 2, False), (5, 1, 3, False), (13, 4, 2, True), (22, 3, 4, False)],
-)
-def test_eval_batches_and_remainder_are_acceleratess(num_samples: int, batch_size: int, world: int, drop_last: bool) -> None:
-    """Each rank's eval batches and gather_for_metrics' remainder equal accelerate's prepared dataloader."""
+@pytest.mark.parametrize("num_samples, batch_size, world, drop_last", [(10, 4, 1, False), (13, 4, 2, False), (8, 4, 2, False), (13, 4, 2, True), (3, 4, 2, False)])
+def test_gather_remainder_is_accelerates(num_samples: int, batch_size: int, world: int, drop_last: bool) -> None:
+    """gather_for_metrics' remainder of a prepared loader; -1 (keep all) for a loader accelerate never saw."""
     from accelerate.data_loader import prepare_data_loader
 
     data = list(range(num_samples))
-    per_rank = []
     for rank in range(world):
         loader = prepare_data_loader(
             DataLoader(data, batch_size=batch_size, drop_last=drop_last), num_processes=world, process_index=rank, even_batches=True
         )
-        expected = [b.tolist() for b in loader]
-        ours = list(distributed.eval_batch_sampler(SequentialSampler(data), batch_size=batch_size, drop_last=drop_last, world_size=world, rank=rank))
-        assert ours == expected
-        gather = distributed.EvalGather(SimpleNamespace(world_size=world), num_samples=num_samples, batch_size=batch_size, drop_last=drop_last)
-        assert gather.remainder == loader.remainder
-        per_rank.append(ours)
-    # what the gathered, truncated stream holds: every sample once, in order (without drop_last)
-    steps = [sum(batches, []) for batches in zip(*per_rank)]
-    if steps and gather.remainder > 0:
-        steps[-1] = steps[-1][: gather.remainder]
-    seen = sum(steps, [])
-    assert seen == (data if not drop_last else data[: len(seen)])
+        list(loader)
+        assert distributed.gather_remainder(loader) == loader.remainder
+    assert distributed.gather_remainder(DataLoader(data, batch_size=batch_size)) == -1
 
 
-def test_eval_gather_is_the_identity_on_one_process() -> None:
-    gather = distributed.EvalGather(SimpleNamespace(world_size=1), num_samples=5, batch_size=2)
-    tensor = torch.arange(6).reshape(2, 3)
-    gather.begin_batch(is_last=True)
+def test_eval_gather_truncates_the_last_batch_on_one_process() -> None:
+    gather = distributed.EvalGather(SimpleNamespace(world_size=1), remainder=2)
+    tensor = torch.arange(12).reshape(4, 3)
+    gather.begin_batch(is_last=False)
     assert gather.pad(tensor) is tensor and gather.gather(tensor) is tensor
+    gather.begin_batch(is_last=True)
+    assert gather.gather(tensor).tolist() == tensor[:2].tolist()
 
 
 # ----------------------------------------------------------------------------- checkpoint layout

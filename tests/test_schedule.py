@@ -288,11 +288,12 @@ def test_resume_position_matches_init_training_state(global_step, updates, ga, i
 def test_warmup_steps_golden_fact_17(value, expected):
     args = _args(warmup_steps=value)
     assert args.get_warmup_steps(14) == expected
-    from hf_lightning.optim import create_scheduler
+    from hf_lightning.hooks import TrainerHooks
 
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0)
-    scheduler = create_scheduler(optimizer, _args(warmup_steps=value, lr_scheduler_type="constant_with_warmup"), 14)
+    hooks = TrainerHooks(torch.nn.Linear(1, 1), _args(warmup_steps=value, lr_scheduler_type="constant_with_warmup"))
+    scheduler = hooks.create_scheduler(14, optimizer)
     lrs = []
     for _ in range(14):
         lrs.append(scheduler.get_last_lr()[0])

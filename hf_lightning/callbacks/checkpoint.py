@@ -254,13 +254,23 @@ class HFCheckpoint(Checkpoint):
 
         self._agree(trainer, _attempt(make_tmp) if trainer.is_global_zero else None, final)
         weights_only = bool(args.save_only_model)
+        host = getattr(pl_module, "hooks", None)
+        error = None
+        if not self.async_save and host is not None and saves_model_itself(host):
+            # transformers' _save_checkpoint writes the model through save_model(output_dir, _internal_call=True);
+            # a subclass's override does it here too (on every rank), into the folder being written.
+            error = _attempt(lambda: _written(tmp, lambda: host.save_model(tmp, _internal_call=True)))
+            pl_module.model_written = True
+        try:
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only)  # what trainer.save_checkpoint does
+        finally:
+            pl_module.model_written = False
         snapshot = None
-        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only)  # what trainer.save_checkpoint does
         if self.async_save:
             snapshot = snapshot_state(checkpoint) if trainer.is_global_zero else None  # written in the background
-            error = None
         else:
-            error = _attempt(lambda: _written(tmp, lambda: strategy.save_checkpoint(checkpoint, tmp)))
+            written = _attempt(lambda: _written(tmp, lambda: strategy.save_checkpoint(checkpoint, tmp)))  # collectives: always
+            error = error or written
         del checkpoint
         state = self.flow.state
         if strategy_name(args.save_strategy) in ("steps", "epoch", "best") and state.best_global_step:
@@ -436,6 +446,16 @@ def _warn_on_fresh_parts(source: str, extras: dict[str, Any], world_size: int) -
         parts.append(f"{', '.join(missing_rng)} (random generators continue from this run's seed: dropout and sampling differ from an uninterrupted run)")
     if parts:
         log.warning("Resuming from %s without %s. Everything else in the checkpoint is restored.", source, "; ".join(parts))
+
+
+def saves_model_itself(host: Any) -> bool:
+    """The host overrides ``save_model`` (transformers' or hf_lightning's own are written by ``HFCheckpointIO``)."""
+    import transformers
+
+    from ..loops import LightningHooks
+    from ..trainer import Trainer
+
+    return type(host).save_model not in (transformers.Trainer.save_model, Trainer.save_model, LightningHooks.save_model)
 
 
 def load_weights_into(trainer: pl.Trainer | None, pl_module: Any, checkpoint_dir: str) -> None:

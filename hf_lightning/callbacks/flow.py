@@ -1,36 +1,47 @@
 """``HFFlowCallback``: transformers.Trainer's control flow on Lightning's loops.
 
-It owns the ``TrainerState`` and ``TrainerControl`` and fires transformers ``TrainerCallback``
-events (through transformers' own ``CallbackHandler``) at the points transformers fires them. After
-each optimizer step it takes the decisions ``DefaultFlowCallback`` takes (the pure functions of
-``schedule``), lets user callbacks change them, then logs, asks Lightning's loop for a validation
-run, and saves, in transformers' order: log, evaluate, save; then the same at the epoch's end.
+It fires transformers ``TrainerCallback`` events (through the host's ``CallbackHandler``) at the points
+transformers fires them, on the host's ``TrainerState`` and ``TrainerControl``. After each optimizer
+step it lets ``DefaultFlowCallback`` (and user callbacks) decide, then does what
+``Trainer._maybe_log_save_evaluate`` does, in its order: log through the host's ``log``, evaluate
+through the host's ``evaluate`` (Lightning's validation loop runs right there, between two steps),
+save; then the same at the epoch's end.
 
-The hooks stay short: arithmetic lives in ``schedule`` and ``state``, saving in
-``callbacks.checkpoint``.
+The host is ``HFModule.hooks``: the ``hf_lightning.Trainer`` facade, or a ``loops.LightningHooks`` when
+the module is used on its own. The hooks stay short: arithmetic lives in ``schedule`` and ``state``,
+saving in ``callbacks.checkpoint``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
-from lightning.pytorch.trainer.states import TrainerFn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, ExportableState, PrinterCallback
 from typing_extensions import override
 
+from .. import distributed
 from .. import state as hf_state
 from ..schedule import epoch_end_flags, epoch_progress, resolve_interval_steps, resume_position, step_end_flags
 
-__all__ = ["HFFlowCallback", "FlowDecisions"]
+__all__ = ["HFFlowCallback", "FlowDecisions", "LightningLoggers"]
 
 log = logging.getLogger(__name__)
+
+
+def _trainer_logger() -> Any:
+    """transformers.Trainer's logger: the messages transformers logs go where its users (and tests) look."""
+    from transformers import trainer
+
+    return trainer.logger
 
 
 class FlowDecisions(DefaultFlowCallback):
@@ -69,12 +80,44 @@ class FlowDecisions(DefaultFlowCallback):
         return control
 
 
-class _HFTrainingEpochLoop(_TrainingEpochLoop):
-    """Lightning's training epoch loop, asking the flow callback when to validate and when to end the epoch.
+class LightningLoggers(TrainerCallback):
+    """Sends every log record to the ``lightning.Trainer``'s loggers, where transformers' reporting
+    integrations sit in the callback list (after the flow decisions, before user callbacks)."""
 
-    Lightning schedules validation by batch counts; transformers by decisions taken after each
-    optimizer step (with user callbacks able to ask for one). This is the one override of
-    Lightning internals in hf_lightning.
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
+        # What transformers' TensorBoardCallback writes at train begin: the args and the model config as text.
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if not state.is_world_process_zero:
+            return
+        config = getattr(model, "config", None)
+        for logger in self.trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("args", args.to_json_string())
+                if config is not None:
+                    logger.experiment.add_text("model_config", config.to_json_string())
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        from transformers.integrations.integration_utils import rewrite_logs
+
+        if not logs:
+            return
+        scalars = {k: v for k, v in rewrite_logs(logs).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for logger in self.trainer.loggers:
+            logger.log_metrics(scalars, step=state.global_step)
+        if _prints_logs(self.trainer):
+            _print_logs(logs)
+
+
+class _HFTrainingEpochLoop(_TrainingEpochLoop):
+    """Lightning's training epoch loop, leaving validation and the end of an epoch to the flow callback.
+
+    Lightning validates on batch counts; transformers after the decisions of each optimizer step (user
+    callbacks can ask for one). The flow callback runs those evaluations itself; this loop only stops
+    scheduling its own. This is the one override of Lightning's loops in hf_lightning.
     """
 
     def _flow(self) -> HFFlowCallback | None:
@@ -85,20 +128,9 @@ class _HFTrainingEpochLoop(_TrainingEpochLoop):
 
     @override
     def _should_check_val_fx(self, data_fetcher: Any) -> bool:
-        flow = self._flow()
-        if flow is None:
+        if self._flow() is None:
             return super()._should_check_val_fx(data_fetcher)
-        return flow.take_validation_request()
-
-    @override
-    def on_run_start(self, data_fetcher: Any) -> None:
-        super().on_run_start(data_fetcher)
-        flow = self._flow()
-        if flow is not None and flow.take_eval_on_start():
-            self.trainer.validating = True
-            self.val_loop.run()
-            self.trainer.training = True
-            flow.begin_epoch()
+        return False
 
     @property
     def done(self) -> bool:
@@ -109,7 +141,7 @@ class _HFTrainingEpochLoop(_TrainingEpochLoop):
 
 
 def install_epoch_loop(trainer: pl.Trainer) -> None:
-    """Switch ``trainer.fit_loop.epoch_loop`` to ``_HFTrainingEpochLoop`` (same state, more decisions)."""
+    """Switch ``trainer.fit_loop.epoch_loop`` to ``_HFTrainingEpochLoop`` (same state, fewer decisions)."""
     loop = trainer.fit_loop.epoch_loop
     if type(loop) is _TrainingEpochLoop:
         loop.__class__ = _HFTrainingEpochLoop
@@ -120,38 +152,26 @@ class HFFlowCallback(Callback):
 
     Args:
         args: the transformers TrainingArguments of the run.
-        callbacks: transformers ``TrainerCallback`` instances or classes, called in order after the flow decisions.
-        state: an existing ``TrainerState`` to continue (the facade passes its own).
+        callbacks: transformers ``TrainerCallback`` instances or classes, called in order after the flow decisions
+            (when the host has no callback list of its own; the facade has).
     """
 
-    def __init__(
-        self,
-        args: TrainingArguments,
-        callbacks: list[TrainerCallback | type[TrainerCallback]] | None = None,
-        state: TrainerState | None = None,
-    ) -> None:
+    def __init__(self, args: TrainingArguments, callbacks: list[TrainerCallback | type[TrainerCallback]] | None = None) -> None:
         self.args = args
-        self.control = TrainerControl()
-        handler_callbacks: list[Any] = [FlowDecisions()]
-        handler_callbacks += [cb() if isinstance(cb, type) else cb for cb in (callbacks or [])]
-        self.handler = CallbackHandler(handler_callbacks, None, None, None, None)
-        self.state = state if state is not None else TrainerState()
-        self._refresh_stateful()
+        self.callbacks = list(callbacks or [])
+        self.host: Any = None
         self.checkpointer: Any = None  # HFCheckpoint, set by it in setup
         self.last_train_output: Any = None
         self.last_eval_metrics: dict[str, Any] = {}
         self.last_predictions: list[tuple[str, Any]] = []
         self.resume: dict[str, Any] | None = None
-        self._validation_requested = False
-        self._eval_on_start_pending = False
-        self._epoch_stop = False
-        self._epoch_finished = True
-        self._after_eval: str | None = None
-        self._module: Any = None
-        self._init_ended = False
-        self.memory = hf_state.MemoryTracker(args.skip_memory_metrics)
+        self.ignore_keys_for_eval: list[str] | None = None
+        self.trial: Any = None
         self.progress_metrics: dict[str, float] = {}
         """The latest training ``loss`` and ``lr``, shown by ``HFProgressBar``."""
+        self._module: Any = None
+        self._epoch_stop = False
+        self._epoch_finished = True
         self._reset_run_counters()
 
     # ------------------------------------------------------------------------------ plumbing
@@ -159,69 +179,88 @@ class HFFlowCallback(Callback):
     def _reset_run_counters(self) -> None:
         self._start_time = time.time()
         self._initial_global_step = 0
-        self._initial_tokens = 0
         self._total_loss_scalar = 0.0
         self._micro_done = 0
         self._group_index = 0
         self._updates_per_epoch = 1
         self._skip_groups = 0
         self._rng_restore: str | None = None
-        self._current_eval_index: int | None = None
 
     @property
     def state_key(self) -> str:
         return "HFFlowCallback"
 
     @property
+    def state(self) -> TrainerState:
+        return self.host.state
+
+    @state.setter
+    def state(self, value: TrainerState) -> None:
+        self.host.state = value
+
+    @property
+    def control(self) -> TrainerControl:
+        return self.host.control
+
+    @control.setter
+    def control(self, value: TrainerControl) -> None:
+        self.host.control = value
+
+    @property
+    def handler(self) -> CallbackHandler:
+        return self.host.callback_handler
+
+    @property
     def epoch_stop_requested(self) -> bool:
         return self._epoch_stop
 
-    def take_validation_request(self) -> bool:
-        requested, self._validation_requested = self._validation_requested, False
-        return requested
+    def event(self, name: str, **kwargs: Any) -> TrainerControl:
+        """Fire transformers' event ``name`` on every TrainerCallback; returns the ``TrainerControl`` after it."""
+        host = self.host
+        host.control = getattr(host.callback_handler, name)(self.args, host.state, host.control, **kwargs)
+        return host.control
 
-    def take_eval_on_start(self) -> bool:
-        pending, self._eval_on_start_pending = self._eval_on_start_pending, False
-        return pending
+    def _attach(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Take the module's host; give it a callback list (and an accelerator on this trainer) if it has none."""
+        from ..accelerator import LightningAccelerator
 
-    def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
-        self.handler.add_callback(callback)
-        self._refresh_stateful()
-
-    def _refresh_stateful(self) -> None:
-        stateful = [cb for cb in self.handler.callbacks + [self.control] if isinstance(cb, ExportableState)]
-        fresh = TrainerState(stateful_callbacks=stateful).stateful_callbacks
-        for name, value in fresh.items():
-            self.state.stateful_callbacks.setdefault(name, value)
-
-    def _event(self, name: str, **kwargs: Any) -> None:
-        self.control = getattr(self.handler, name)(self.args, self.state, self.control, **kwargs)
-
-    def _module_event(self, name: str) -> TrainerControl:
-        self._event(name)
-        return self.control
-
-    def init_end(self, model: Any, processing_class: Any, *, fire: bool = True) -> None:
-        """transformers' ``on_init_end``, once: the facade fires it when built, ``build_trainer`` users at the first setup."""
-        self.handler.model = model
-        self.handler.processing_class = processing_class
-        self._init_ended |= not fire
-        if not self._init_ended:
-            self._init_ended = True
-            self._event("on_init_end")
-
-    def _use_printer(self) -> bool:
-        return bool(self.args.disable_tqdm)
+        host = getattr(pl_module, "hooks", None)
+        if host is None:
+            raise TypeError(
+                f"HFFlowCallback drives an `hf_lightning.HFModule`; the LightningModule is a {type(pl_module).__name__}."
+            )
+        self.host = host
+        self._module = pl_module
+        pl_module.flow = self
+        if not isinstance(host.accelerator, LightningAccelerator):
+            host.accelerator = LightningAccelerator(self.args)
+        host.accelerator.bind(trainer, pl_module)
+        handler = host.callback_handler
+        if handler is None:
+            callbacks = [FlowDecisions(), *[cb() if isinstance(cb, type) else cb for cb in self.callbacks]]
+            if self.args.disable_tqdm:
+                callbacks.append(PrinterCallback())
+            host.callback_handler = handler = CallbackHandler(callbacks, host.model, host.processing_class, None, None)
+            host.state = TrainerState(stateful_callbacks=[cb for cb in handler.callbacks + [host.control] if isinstance(cb, ExportableState)])
+            self.event("on_init_end")
+        else:
+            present = {type(cb) for cb in handler.callbacks}
+            for callback in self.callbacks:  # report_to integrations the host's list already has stay single
+                if (callback if isinstance(callback, type) else type(callback)) not in present:
+                    handler.add_callback(callback)
+        self.callbacks = []
+        bridges = [cb for cb in handler.callbacks if isinstance(cb, LightningLoggers)]
+        for bridge in bridges:
+            bridge.trainer = trainer
+        if not bridges and (trainer.loggers or _prints_logs_with_bar(trainer)):
+            handler.callbacks.insert(1 if handler.callbacks and isinstance(handler.callbacks[0], DefaultFlowCallback) else 0, LightningLoggers(trainer))
 
     # ----------------------------------------------------------------------------- lifecycle
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._module = pl_module
-        pl_module.hf_events = self._module_event  # type: ignore[assignment]
-        self.init_end(getattr(pl_module, "model", pl_module), getattr(pl_module, "processing_class", None))
-        if self._use_printer() and not any(isinstance(cb, PrinterCallback) for cb in self.handler.callbacks):
-            self.handler.add_callback(PrinterCallback)
+        self._attach(trainer, pl_module)
+        distributed.sync_accelerate_state(trainer, self.args)
         if stage == "fit":
             _validate_fit(self.args, trainer, pl_module)
             install_epoch_loop(trainer)
@@ -235,56 +274,62 @@ class HFFlowCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.memory.begin("train")
+        self.host.is_in_train = True
+        hf_state.start_memory_tracker(self.host._memory_tracker, "train")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        plan = pl_module.train_plan
-        args = self.args
+        host, args, plan = self.host, self.args, pl_module.train_plan
+        stateful = [cb for cb in self.handler.callbacks + [self.control] if isinstance(cb, ExportableState)]
+        state = TrainerState(stateful_callbacks=stateful)
+        state.is_hyper_param_search = self.trial is not None
+        state.train_batch_size = getattr(host, "_train_batch_size", args.per_device_train_batch_size)
+        for kind in ("logging", "eval", "save"):
+            value = getattr(args, f"{kind}_steps")
+            if value is not None:
+                setattr(state, f"{kind}_steps", resolve_interval_steps(value, plan.max_steps))
+        host.state = state
         if self.resume is not None:
-            self.state = self.resume["state"]
-            if self.state.best_model_checkpoint is not None and not _isdir(self.state.best_model_checkpoint):
-                self.state.best_model_checkpoint = None
-            self._restore_callback_states()
-        else:
-            self.state = TrainerState(
-                stateful_callbacks=[cb for cb in self.handler.callbacks + [self.control] if isinstance(cb, ExportableState)]
-            )
-            self.state.train_batch_size = args.per_device_train_batch_size
-            for kind in ("logging", "eval", "save"):
-                value = getattr(args, f"{kind}_steps")
-                if value is not None:
-                    setattr(self.state, f"{kind}_steps", resolve_interval_steps(value, plan.max_steps))
-        self.state.max_steps = plan.max_steps
-        self.state.num_train_epochs = plan.num_train_epochs
-        self.state.is_local_process_zero = trainer.local_rank == 0
-        self.state.is_world_process_zero = trainer.global_rank == 0
+            host.state = state = self.resume["state"]
+            if state.best_model_checkpoint is not None and not os.path.isdir(state.best_model_checkpoint):
+                _trainer_logger().warning(
+                    f"The best checkpoint {state.best_model_checkpoint} recorded in the resumed state does not "
+                    "exist anymore. Ignoring it for this run."
+                )
+                state.best_model_checkpoint = None
+            self._load_callback_state()
+        _init_training_references(host, state, plan, self.trial, trainer)
         trainer.fit_loop.epoch_loop.max_steps = plan.max_steps
         trainer.fit_loop.max_epochs = -1 if plan.num_train_epochs == sys.maxsize else plan.num_train_epochs
         self._reset_run_counters()
         self._updates_per_epoch = plan.updates_per_epoch
-        self._initial_global_step = self.state.global_step
-        self._initial_tokens = self.state.num_input_tokens_seen
-        pl_module.last_logged_step = self.state.global_step
+        self._initial_global_step = state.global_step
+        host._initial_num_input_tokens_seen = state.num_input_tokens_seen
+        pl_module.last_logged_step = state.global_step
         if self.resume is not None:
             epochs, skip = resume_position(
-                self.state.global_step,
+                state.global_step,
                 updates_per_epoch=plan.updates_per_epoch,
                 gradient_accumulation_steps=args.gradient_accumulation_steps,
                 ignore_data_skip=args.ignore_data_skip,
             )
-            _fast_forward_loops(trainer, self.state.global_step, epochs)
+            _fast_forward_loops(trainer, state.global_step, epochs)
             self._skip_groups = skip
-            sampler = getattr(pl_module.trainer.datamodule, "train_batch_sampler", None)
-            if skip and sampler is not None:
-                sampler.skip_groups_once(skip)
+            loader = trainer.train_dataloader
+            if skip and hasattr(loader, "skip_groups_once"):
+                loader.skip_groups_once(skip)
             self._rng_restore = "batch" if skip else "epoch"
-        self.handler.optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        self.handler.lr_scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
-        self.handler.train_dataloader = trainer.train_dataloader
-        self._log_run_texts(trainer, pl_module)
-        self._event("on_train_begin")
-        self._eval_on_start_pending = bool(args.eval_on_start)
+        handler = self.handler
+        handler.model = host.model
+        handler.optimizer = host.optimizer
+        handler.lr_scheduler = host.lr_scheduler
+        from ..loops import unwrap_loader
+
+        handler.train_dataloader = unwrap_loader(trainer.train_dataloader)
+        _log_training_start(host, plan, args, state, resumed=self.resume is not None, skip=self._skip_groups)
+        self.event("on_train_begin")
+        if args.eval_on_start:
+            self._evaluate(trainer, pl_module, skip_scheduler=True)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -293,20 +338,16 @@ class HFFlowCallback(Callback):
         self._group_index = self._skip_groups
         self._micro_done = self._skip_groups * self.args.gradient_accumulation_steps
         self._skip_groups = 0
+        self.event("on_epoch_begin")
         if self._rng_restore == "epoch":
             self._restore_rng()
-        if not self._eval_on_start_pending:  # else after the eval_on_start evaluation, as transformers (§8.3)
-            self.begin_epoch()
 
-    def begin_epoch(self) -> None:
-        """transformers' ``on_epoch_begin`` event."""
-        self._event("on_epoch_begin")
-
-    @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_group_fetched(self, micro_batches: int) -> None:
+        """Called by ``HFModule.training_step`` once the step's micro-batches are drawn, before the first forward."""
         if self._rng_restore == "batch":
-            self._restore_rng()
-        self._event("on_step_begin")
+            self._restore_rng()  # transformers restores the RNG after drawing the first resumed group
+        if micro_batches:
+            self.event("on_step_begin")
 
     def _restore_rng(self) -> None:
         self._rng_restore = None
@@ -320,43 +361,35 @@ class HFFlowCallback(Callback):
             # callback stopped the epoch/training between micro-batches; the epoch ends here, with its log/evaluate/save
             self._maybe_end_epoch(trainer, pl_module)
             return
-        self.state.global_step = trainer.global_step
-        self._micro_done += len(batch) if isinstance(batch, list) else 1
+        state = self.state
+        state.global_step = trainer.global_step
+        self._micro_done += self.host.current_gradient_accumulation_steps
         self._group_index += 1
         steps_in_epoch = pl_module.train_plan.steps_in_epoch
-        self.state.epoch = epoch_progress(trainer.current_epoch, min(self._micro_done, steps_in_epoch), steps_in_epoch)
-        self._event("on_step_end")
-        self._after_eval = None
-        self._maybe_log(pl_module, trainer)
-        if self.control.should_evaluate:
-            self._request_validation("step")
-            return
-        self._maybe_save(trainer, pl_module)
+        state.epoch = epoch_progress(trainer.current_epoch, min(self._micro_done, steps_in_epoch), steps_in_epoch)
+        self.event("on_step_end")
+        self._maybe_log_save_evaluate(trainer, pl_module)
         self._maybe_end_epoch(trainer, pl_module)
 
-    def _epoch_ends(self, trainer: pl.Trainer) -> bool:
+    def _epoch_ends(self, trainer: pl.Trainer, pl_module: Any) -> bool:
         return (
             self._group_index >= self._updates_per_epoch
-            # unsized data: Lightning's prefetching fetcher knows the batch just run was the last one
-            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            or getattr(pl_module, "end_of_data", False)
             or self.state.global_step >= self.state.max_steps
             or self.control.should_training_stop
             or self.control.should_epoch_stop
         )
 
-    def _maybe_end_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _maybe_end_epoch(self, trainer: pl.Trainer, pl_module: Any) -> None:
         """transformers' ``on_epoch_end`` and its log/evaluate/save, when the step just done ended the epoch."""
-        if self._epoch_finished or not self._epoch_ends(trainer):
-            self._apply_stop(trainer)
-            return
-        self._epoch_finished = True
-        self._event("on_epoch_end")
-        self._maybe_log(pl_module, trainer)
-        if self.control.should_evaluate:
-            self._request_validation("epoch")
-            return
-        self._maybe_save(trainer, pl_module)
+        if not self._epoch_finished and self._epoch_ends(trainer, pl_module):
+            self._end_epoch(trainer, pl_module)
         self._apply_stop(trainer)
+
+    def _end_epoch(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._epoch_finished = True
+        self.event("on_epoch_end")
+        self._maybe_log_save_evaluate(trainer, pl_module)
 
     def _apply_stop(self, trainer: pl.Trainer) -> None:
         if self.control.should_training_stop:
@@ -364,25 +397,29 @@ class HFFlowCallback(Callback):
         if self.control.should_epoch_stop and not self.control.should_training_stop:
             self._epoch_stop = True
 
-    def _request_validation(self, phase: str) -> None:
-        self._validation_requested = True
-        self._after_eval = phase
-
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The epoch ran out of data before the planned number of steps (unsized data): end it now.
         if not self._epoch_finished:
-            self._epoch_finished = True
-            self._event("on_epoch_end")
-            self._maybe_log(pl_module, trainer)
-            self._maybe_save(trainer, pl_module)
+            self._end_epoch(trainer, pl_module)
             self._apply_stop(trainer)
 
-    # ------------------------------------------------------------------------------- logging
+    # ------------------------------------------------------------------- log, evaluate, save
 
-    def _maybe_log(self, pl_module: Any, trainer: pl.Trainer) -> None:
-        if not (self.control.should_log and self.state.global_step > pl_module.last_logged_step):
-            return
+    def _maybe_log_save_evaluate(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """``Trainer._maybe_log_save_evaluate``: log, then evaluate, then save, as the control asks."""
+        if self.control.should_log and self.state.global_step > pl_module.last_logged_step:
+            self._log_training(trainer, pl_module)
+        if self.control.should_evaluate:
+            metrics = self._evaluate(trainer, pl_module)
+            new_best = self.host._determine_best_metric(metrics, self.trial)
+            if hf_state.strategy_name(self.args.save_strategy) == "best":
+                self.control.should_save = new_best
+        if self.control.should_save:
+            self._save(trainer, pl_module)
+            self.event("on_save")
+
+    def _log_training(self, trainer: pl.Trainer, pl_module: Any) -> None:
         window = self.state.global_step - pl_module.last_logged_step
         loss = pl_module.pop_train_loss()
         logs = hf_state.train_log_entry(
@@ -390,21 +427,27 @@ class HFFlowCallback(Callback):
         )
         self._total_loss_scalar += loss
         self._store_flos(pl_module)
-        self.hf_log(logs, trainer, start_time=self._start_time)
+        self._sync_tokens()
+        self.host.log(logs, self._start_time)
         self.progress_metrics = {"loss": logs["loss"], "lr": logs["learning_rate"]}
+        for key in ("loss", "grad_norm", "learning_rate"):  # for Lightning callbacks; host tensors: no device copy
+            if isinstance(logs.get(key), float):
+                pl_module.log(key, torch.tensor(logs[key]), logger=False, on_step=True, on_epoch=False)
 
-    def _log_run_texts(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        """What transformers' TensorBoardCallback writes at train begin: the args and the model config as text."""
-        if not trainer.is_global_zero:
-            return
-        from lightning.pytorch.loggers import TensorBoardLogger
+    def _evaluate(self, trainer: pl.Trainer, pl_module: Any, *, skip_scheduler: bool = False) -> dict[str, float]:
+        """The host's ``_evaluate``: ``evaluate()``, the hyper-parameter search report, the plateau scheduler step."""
+        self._sync_tokens()
+        return self.host._evaluate(self.trial, self.ignore_keys_for_eval, skip_scheduler=skip_scheduler)
 
-        config = getattr(getattr(pl_module, "model", None), "config", None)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("args", self.args.to_json_string())
-                if config is not None:
-                    logger.experiment.add_text("model_config", config.to_json_string())
+    def _save(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.checkpointer is None:
+            raise RuntimeError(
+                "A save was requested (save_strategy or a TrainerCallback) but the trainer has no HFCheckpoint callback; "
+                "build it with hf_lightning.build_trainer or add hf_lightning.callbacks.HFCheckpoint."
+            )
+        self._store_flos(pl_module)
+        self._sync_tokens()  # transformers counts tokens per micro-batch, so a checkpoint's state has them all
+        self.checkpointer.save(trainer, pl_module)
 
     def _tracks_tokens(self) -> bool:
         return str(self.args.include_num_input_tokens_seen) not in ("no", "False")
@@ -420,195 +463,105 @@ class HFFlowCallback(Callback):
         if self._tracks_tokens() and module is not None and module._trainer is not None and module.trainer.state.fn == "fit":
             self.state.num_input_tokens_seen += module.pop_input_tokens()
 
-    def hf_log(self, logs: dict[str, float], trainer: pl.Trainer | None = None, start_time: float | None = None) -> dict[str, Any]:
-        """``Trainer.log``: append to ``log_history``, fire ``on_log``, send to Lightning's loggers. A collective."""
-        self._sync_tokens()
-        hf_state.append_log(
-            self.state,
-            logs,
-            num_input_tokens_seen=self._tracks_tokens(),
-            start_time=start_time,
-            initial_num_input_tokens_seen=self._initial_tokens,
-        )
-        if trainer is not None:
-            # where transformers' reporting integrations sit: before user callbacks and PrinterCallback (which pops total_flos)
-            self._to_loggers(trainer, logs)
-        self._event("on_log", logs=logs)
-        if trainer is not None and self._prints_like_progress_callback(trainer):
-            self._print_logs(logs)
-        return logs
-
-    def _prints_like_progress_callback(self, trainer: pl.Trainer) -> bool:
-        # transformers' ProgressCallback writes log dicts only while its training bar exists (during train()).
-        return (
-            not self._use_printer()
-            and trainer.is_global_zero
-            and trainer.progress_bar_callback is not None
-            and trainer.state.fn == TrainerFn.FITTING
-        )
-
-    def _to_loggers(self, trainer: pl.Trainer, logs: dict[str, Any]) -> None:
-        from transformers.integrations.integration_utils import rewrite_logs
-
-        scalars = {k: v for k, v in rewrite_logs(logs).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=self.state.global_step)
-
-    @staticmethod
-    def _print_logs(logs: dict[str, Any], max_str_len: int = 100) -> None:
-        # transformers' ProgressCallback.on_log: floats as .4g, long strings elided, no total_flos, above the bar.
-        shown: dict[str, Any] = {}
-        for key, value in logs.items():
-            if isinstance(value, str) and len(value) > max_str_len:
-                shown[key] = (
-                    f"[String too long to display, length: {len(value)} > {max_str_len}. "
-                    "Consider increasing `max_str_len` if needed.]"
-                )
-            elif isinstance(value, float):
-                shown[key] = f"{value:.4g}"
-            else:
-                shown[key] = value
-        shown.pop("total_flos", None)
-        from tqdm.auto import tqdm
-
-        tqdm.write(str(shown))
-
     # ---------------------------------------------------------------------------- evaluation
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._current_eval_index = None
-        self.handler.eval_dataloader = trainer.val_dataloaders
-        if not trainer.training and trainer.state.fn != "fit":
-            self.last_eval_metrics = {}
-
-    @override
-    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._finish_datasets_before(trainer, pl_module, "validate", dataloader_idx)
-        self.handler.eval_dataloader = _nth_loader(trainer.val_dataloaders, dataloader_idx)
-
-    @override
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._event("on_prediction_step")
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish_datasets_before(trainer, pl_module, "validate", None)
-
-    def _finish_datasets_before(self, trainer: pl.Trainer, pl_module: Any, stage: str, index: int | None) -> None:
-        for pending in pl_module.pending_eval_indices():
-            if index is not None and pending >= index:
-                continue
-            finished = pl_module.finish_eval(stage, pending)
-            if finished is None:
-                continue
-            prefix, result, start = finished
-            if stage == "validate":
-                self._record_evaluation(trainer, pl_module, prefix, result, start)
-            else:
-                self._record_prediction(trainer, pl_module, prefix, result, start)
-
-    def _record_evaluation(self, trainer: pl.Trainer, pl_module: Any, prefix: str, result: Any, start: float) -> None:
-        metrics = result.metrics
-        metrics.update(
-            hf_state.eval_speed_metrics(
-                prefix,
-                start,
-                num_samples=result.num_samples,
-                eval_batch_size=self.args.per_device_eval_batch_size,
-                world_size=trainer.world_size,
-            )
-        )
-        self.hf_log(metrics, trainer)
-        self._event("on_evaluate", metrics=metrics)
-        self.last_eval_metrics.update(metrics)
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                pl_module.log(key, float(value), logger=False, on_step=False, on_epoch=True, add_dataloader_idx=False)
-
-    def _record_prediction(self, trainer: pl.Trainer, pl_module: Any, prefix: str, result: Any, start: float) -> None:
-        result.metrics.update(
-            hf_state.eval_speed_metrics(
-                prefix,
-                start,
-                num_samples=result.num_samples,
-                eval_batch_size=self.args.per_device_eval_batch_size,
-                world_size=trainer.world_size,
-            )
-        )
-        self.last_predictions.append((prefix, result))
-        self._event("on_predict", metrics=result.metrics)
-        for key, value in result.metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                pl_module.log(key, float(value), logger=False, on_step=False, on_epoch=True, add_dataloader_idx=False)
-
-    @override
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn != "fit" or trainer.sanity_checking:
-            return
-        metrics = dict(self.last_eval_metrics)
-        self.last_eval_metrics = {}
-        phase, self._after_eval = self._after_eval, None
-        if phase is None:  # eval_on_start: no best-metric tracking, no scheduler step (§4.6)
-            return
-        new_best = hf_state.update_best_metric(
-            self.state,
-            metrics,
-            metric_for_best_model=self.args.metric_for_best_model,
-            greater_is_better=self.args.greater_is_better,
-            save_strategy=hf_state.strategy_name(self.args.save_strategy),
-        )
-        if self.args.metric_for_best_model is not None:
-            pl_module.plateau_step(metrics[hf_state.metric_name_for_best(self.args.metric_for_best_model)])
-        elif _has_plateau(pl_module):
-            pl_module.plateau_step(metrics["eval_loss"])
-        if hf_state.strategy_name(self.args.save_strategy) == "best":
-            self.control.should_save = new_best
-        self._maybe_save(trainer, pl_module)
-        if phase == "step":
-            self._maybe_end_epoch(trainer, pl_module)
-        else:
-            self._apply_stop(trainer)
-
-    # ------------------------------------------------------------------------------- testing
+        self._eval_loop_start(trainer, pl_module, "validate")
 
     @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.last_predictions = []
-        self.handler.eval_dataloader = trainer.test_dataloaders
+        self._eval_loop_start(trainer, pl_module, "test")
+
+    def _eval_loop_start(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
+        from ..loops import unwrap_loader
+
+        if stage == "test":
+            self.last_predictions = []
+        elif pl_module.eval_request is None and trainer.state.fn != "fit":
+            self.last_eval_metrics = {}
+        self.handler.eval_dataloader = unwrap_loader(pl_module.evals.dataloader(stage, 0))
+        if pl_module.eval_request is None:
+            hf_state.start_memory_tracker(self.host._memory_tracker, "eval" if stage == "validate" else "test")
+
+    @override
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._finish_runs_before(trainer, pl_module, "validate", dataloader_idx)
 
     @override
     def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._finish_datasets_before(trainer, pl_module, "test", dataloader_idx)
-        self.handler.eval_dataloader = _nth_loader(trainer.test_dataloaders, dataloader_idx)
+        self._finish_runs_before(trainer, pl_module, "test", dataloader_idx)
+
+    @override
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking:
+            self.event("on_prediction_step")
 
     @override
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._event("on_prediction_step")
+        self.event("on_prediction_step")
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish_runs_before(trainer, pl_module, "validate", None)
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish_datasets_before(trainer, pl_module, "test", None)
+        self._finish_runs_before(trainer, pl_module, "test", None)
 
-    # -------------------------------------------------------------------------------- saving
+    def _finish_runs_before(self, trainer: pl.Trainer, pl_module: Any, stage: str, index: int | None) -> None:
+        """Close the evaluation of each dataloader before ``index`` (all with None), in order."""
+        from ..loops import unwrap_loader
 
-    def _maybe_save(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if not self.control.should_save:
-            return
-        if self.checkpointer is None:
-            raise RuntimeError(
-                "A save was requested (save_strategy or a TrainerCallback) but the trainer has no HFCheckpoint callback; "
-                "build it with hf_lightning.build_trainer or add hf_lightning.callbacks.HFCheckpoint."
+        if index is not None:
+            self.handler.eval_dataloader = unwrap_loader(pl_module.evals.dataloader(stage, index))
+        for pending in pl_module.evals.pending():
+            if index is not None and pending >= index:
+                continue
+            finished = pl_module.evals.finish(stage, pending)
+            if finished is not None:
+                self._record(trainer, pl_module, stage, *finished)
+
+    def _record(self, trainer: pl.Trainer, pl_module: Any, stage: str, prefix: str, result: Any, start: float) -> None:
+        """Hand one dataloader's result to ``evaluation_loop``, or, for a loop Lightning started itself
+        (``lightning.Trainer.validate``/``test``), finish it as ``evaluate()``/``predict()`` would."""
+        from transformers.trainer_utils import EvalLoopOutput
+
+        for key, value in result.metrics.items():  # what Lightning callbacks (EarlyStopping, ModelCheckpoint) monitor
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                pl_module.log(key, torch.tensor(float(value)), logger=False, on_step=False, on_epoch=True, add_dataloader_idx=False)
+        request = pl_module.eval_request
+        if request is not None:
+            request.output = EvalLoopOutput(
+                predictions=result.predictions, label_ids=result.label_ids, metrics=result.metrics, num_samples=result.num_samples
             )
-        self._store_flos(pl_module)
-        self._sync_tokens()  # transformers counts tokens per micro-batch, so a checkpoint's state has them all
-        self.checkpointer.save(trainer, pl_module)
-        self._event("on_save")
+            if stage == "validate":
+                self.last_eval_metrics = result.metrics
+            return
+        metrics = result.metrics
+        metrics.update(
+            hf_state.eval_speed_metrics(
+                prefix, start, num_samples=result.num_samples, eval_batch_size=self.args.per_device_eval_batch_size,
+                world_size=trainer.world_size,
+            )
+        )
+        if stage == "validate":
+            self.host.log(metrics)
+            self.event("on_evaluate", metrics=metrics)
+            self.last_eval_metrics.update(metrics)
+        else:
+            self.last_predictions.append((prefix, result))
+            self.event("on_predict", metrics=metrics)
+        hf_state.stop_memory_tracker(self.host._memory_tracker, "eval" if stage == "validate" else "test", metrics)
 
     # ------------------------------------------------------------------------------ the end
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``Trainer._finalize_training``: the summary log, the best model, the ``save_total_limit=1`` rule, ``on_train_end``."""
+        from transformers.trainer_utils import TrainOutput
+
+        _trainer_logger().info("\n\nTraining completed. Do not forget to share your model on huggingface.co/models =)\n\n")
         remaining = pl_module.pop_train_loss()
         self._total_loss_scalar += remaining
         steps = self.state.global_step - self._initial_global_step
@@ -622,45 +575,53 @@ class HFFlowCallback(Callback):
             total_flos=self.state.total_flos,
             train_loss=train_loss,
         )
-        self.memory.end("train", metrics)
-        self.hf_log(metrics, trainer)
+        hf_state.stop_memory_tracker(self.host._memory_tracker, "train", metrics)
+        self._sync_tokens()
+        self.host.log(metrics)
         if self.checkpointer is not None:
             self.checkpointer.finish_training(trainer, pl_module, self.state)
-        self._event("on_train_end")
-        from transformers.trainer_utils import TrainOutput
-
+        self.event("on_train_end")
+        self.host.is_in_train = False
         self.last_train_output = TrainOutput(self.state.global_step, train_loss, metrics)
         self.resume = None
 
-    def _restore_callback_states(self) -> None:
+    def _load_callback_state(self) -> None:
+        """``Trainer._load_callback_state``: rebuild ExportableState callbacks (and the control) from the checkpoint."""
         if not self.args.restore_callback_states_from_checkpoint:
             return
-        stored = self.state.stateful_callbacks or {}
-        originals = self.handler.callbacks + [self.control]
-        missing = []
-        for name, data in stored.items():
+        handler = self.handler
+        not_found, rebuilt = [], []
+        originals = handler.callbacks + [self.control]
+        for name, data in self.state.stateful_callbacks.items():
             entries = data if isinstance(data, list) else [data]
-            matching = [cb for cb in originals if type(cb).__name__ == name]
-            if not matching:
-                missing.append(name)
+            duplicates = [cb for cb in originals if type(cb).__name__ == name]
+            if not duplicates:
+                not_found.append(name)
                 continue
-            for callback, entry in zip(matching, entries):
-                rebuilt = type(callback)(**entry.get("args", {}))
+            for callback, entry in zip(duplicates, entries):
+                new = type(callback)(**entry.get("args", {}))
                 for attribute, value in entry.get("attributes", {}).items():
-                    setattr(rebuilt, attribute, value)
+                    setattr(new, attribute, value)
                 if isinstance(callback, TrainerControl):
-                    self.control = rebuilt
+                    self.control = new
                 else:
-                    index = self.handler.callbacks.index(callback)
-                    self.handler.callbacks[index] = rebuilt
-        if missing:
-            log.warning("Checkpoint included callbacks not in the current configuration, ignored: %s", ", ".join(missing))
+                    rebuilt.append(new)
+                handler.remove_callback(type(new))
+            _trainer_logger().info("Continuing training from checkpoint, restoring any callbacks that were passed in")
+        if not_found:
+            _trainer_logger().warning(
+                f"Checkpoint included callbacks not included in current configuration. Ignoring. ({', '.join(not_found)})"
+            )
+        for callback in rebuilt:
+            handler.add_callback(callback)
 
     # -------------------------------------------------------------------------- checkpointing
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"trainer_state": _state_dict(self.state)}
+        import dataclasses
+
+        return {"trainer_state": dataclasses.asdict(self.state)}
 
     def snapshot_state(self) -> TrainerState:
         """The ``TrainerState`` to write, with stateful callbacks refreshed as transformers does."""
@@ -673,13 +634,81 @@ class HFFlowCallback(Callback):
         return self.state
 
 
-def _nth_loader(loaders: Any, index: int) -> Any:
-    """The dataloader being evaluated (transformers passes that one, also for dict eval sets)."""
-    if isinstance(loaders, dict):
-        return list(loaders.values())[index]
-    if isinstance(loaders, (list, tuple)):
-        return loaders[index]
-    return loaders
+def _log_training_start(host: Any, plan: Any, args: TrainingArguments, state: TrainerState, *, resumed: bool, skip: int) -> None:
+    """The ``***** Running training *****`` block transformers logs before the first step."""
+    from transformers.trainer_pt_utils import get_model_param_count
+
+    logger = _trainer_logger()
+    batch_size = getattr(host, "_train_batch_size", args.per_device_train_batch_size)
+    logger.info("***** Running training *****")
+    logger.info(f"  Num examples = {plan.num_examples:,}")
+    logger.info(f"  Num Epochs = {plan.num_train_epochs:,}")
+    logger.info(f"  Num update steps per epoch = {plan.updates_per_epoch:,}")
+    logger.info(f"  Instantaneous batch size per device = {args.per_device_train_batch_size:,}")
+    if args.per_device_train_batch_size != batch_size:
+        logger.info(f"  Training with DataParallel so batch size has been adjusted to: {batch_size:,}")
+    logger.info(f"  Total train batch size (w. parallel, distributed & accumulation) = {plan.total_train_batch_size:,}")
+    logger.info(f"  Gradient Accumulation steps = {args.gradient_accumulation_steps}")
+    logger.info(f"  Total optimization steps = {plan.max_steps:,}")
+    logger.info(f"  Number of trainable parameters = {get_model_param_count(host.model, trainable_only=True):,}")
+    if resumed:
+        epochs = state.global_step // max(plan.updates_per_epoch, 1)
+        logger.info(f"  Resuming training from checkpoint with epoch {epochs} and global step {state.global_step}")
+        if not args.ignore_data_skip:
+            logger.info(
+                f"  Fast-forwarding the dataloader past {epochs} epochs and {skip * args.gradient_accumulation_steps} "
+                "batches to resume from the exact training state."
+            )
+
+
+def _init_training_references(host: Any, state: TrainerState, plan: Any, trial: Any, trainer: pl.Trainer) -> None:
+    """``TrainerState.init_training_references``: trial name/params, step counts, process-zero flags."""
+    hp_name = getattr(host, "hp_name", None)
+    if hp_name is not None and trial is not None:
+        state.trial_name = hp_name(trial)
+    state.trial_params = None
+    if trial is not None:
+        from transformers.integrations import hp_params
+
+        state.trial_params = hp_params(trial)
+    state.max_steps = plan.max_steps
+    state.num_train_epochs = plan.num_train_epochs
+    state.is_local_process_zero = trainer.local_rank == 0
+    state.is_world_process_zero = trainer.global_rank == 0
+
+
+def _prints_logs_with_bar(trainer: pl.Trainer) -> bool:
+    from .progress import HFProgressBar
+
+    return isinstance(trainer.progress_bar_callback, HFProgressBar)
+
+
+def _prints_logs(trainer: pl.Trainer) -> bool:
+    """transformers' ProgressCallback writes log dicts while its training bar exists; so does ``HFProgressBar``."""
+    from .progress import HFProgressBar
+
+    return (
+        trainer.is_global_zero
+        and isinstance(trainer.progress_bar_callback, HFProgressBar)
+        and trainer.state.fn == "fit"
+        and trainer.training
+    )
+
+
+def _print_logs(logs: dict[str, Any], max_str_len: int = 100) -> None:
+    # transformers' ProgressCallback.on_log: floats as .4g, long strings elided, no total_flos, above the bar.
+    shown: dict[str, Any] = {}
+    for key, value in logs.items():
+        if isinstance(value, str) and len(value) > max_str_len:
+            shown[key] = f"[String too long to display, length: {len(value)} > {max_str_len}. Consider increasing `max_str_len` if needed.]"
+        elif isinstance(value, float):
+            shown[key] = f"{value:.4g}"
+        else:
+            shown[key] = value
+    shown.pop("total_flos", None)
+    from tqdm.auto import tqdm
+
+    tqdm.write(str(shown))
 
 
 def _validate_fit(args: TrainingArguments, trainer: pl.Trainer, pl_module: Any) -> None:
@@ -689,43 +718,23 @@ def _validate_fit(args: TrainingArguments, trainer: pl.Trainer, pl_module: Any) 
     from ..data import HFDataModule
 
     datamodule = trainer.datamodule
-    if not isinstance(datamodule, HFDataModule):
-        return  # plain dataloaders: Lightning owns them
+    if not isinstance(datamodule, HFDataModule) or datamodule.source is not None:
+        return  # plain dataloaders (Lightning owns them), or the facade (it validated at construction)
     train = datamodule.train_dataset
     try:
         sized = None if train is None else (len(train) >= 0)
     except TypeError:
         sized = False
+    hooks = pl_module.hooks
     validate_arguments(
         args,
         has_train_dataset=train is not None,
         train_dataset_has_length=sized,
         has_eval_dataset=datamodule.eval_dataset is not None,
-        compute_metrics=getattr(pl_module, "compute_metrics", None),
-        optimizers=(getattr(pl_module, "user_optimizer", None), getattr(pl_module, "user_scheduler", None)),
-        optimizer_cls_and_kwargs=getattr(pl_module, "optimizer_cls_and_kwargs", None),
+        compute_metrics=hooks.compute_metrics,
+        optimizers=(hooks.optimizer, hooks.lr_scheduler),
+        optimizer_cls_and_kwargs=hooks.optimizer_cls_and_kwargs,
     )
-
-
-def _state_dict(state: TrainerState) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(state)
-
-
-def _isdir(path: str) -> bool:
-    import os
-
-    return os.path.isdir(path)
-
-
-def _has_plateau(pl_module: Any) -> bool:
-    from ..optim import is_plateau_scheduler
-
-    try:
-        return is_plateau_scheduler(pl_module.lr_schedulers())
-    except Exception:
-        return False
 
 
 def _fast_forward_loops(trainer: pl.Trainer, global_step: int, epochs_trained: int) -> None:

@@ -34,14 +34,14 @@ def build(rank_mesh):
     from transformers import LlamaForCausalLM, TrainingArguments
 
     from hf_lightning import distributed
-    from hf_lightning.optim import create_optimizer
+    from hf_lightning.hooks import TrainerHooks
     from tiny import tiny_llama_config
 
     torch.manual_seed(123)  # different from the trained weights: loading must overwrite everything
     model = LlamaForCausalLM(tiny_llama_config())
     distributed.shard_model(model, rank_mesh)
     args = TrainingArguments(output_dir="/tmp/unused", report_to="none", use_cpu=True, learning_rate=5e-3)
-    optimizer = create_optimizer(model, args)
+    optimizer = TrainerHooks(model, args).create_optimizer()
     return model, optimizer
 
 

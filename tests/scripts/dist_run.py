@@ -36,7 +36,7 @@ from dist_cases import get_case  # noqa: E402
 
 def parse_run(spec: str) -> dict:
     case, *options = spec.split(":")
-    run = {"case": case, "resume": None, "strategy": "ddp", "name": case, "args": {}, "source": None}
+    run = {"case": case, "resume": None, "strategy": "ddp", "name": case, "args": {}, "source": None, "subclass": None}
     for option in options:
         key, _, value = option.partition("=")
         if key == "resume":
@@ -47,6 +47,8 @@ def parse_run(spec: str) -> dict:
             run["name"] = value
         elif key == "source":  # folder holding the checkpoint-N to resume from
             run["source"] = value
+        elif key == "subclass":  # a subclass body of tests/overrides.py applied to the Trainer class
+            run["subclass"] = value
         else:  # any other key=value is a TrainingArguments override (int/float/str)
             run["args"][key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
     if run["resume"] is not None and run["name"] == case:
@@ -101,9 +103,14 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
             seen.append([[round(float(x), 4) for x in row] for row in value.reshape(value.shape[0], -1).tolist()])
 
     model.register_forward_pre_hook(record, with_kwargs=True)
+    import overrides
+
+    overrides.CALLS.clear()
     if framework == "hf":
         from transformers import Trainer
 
+        if spec["subclass"]:
+            Trainer = overrides.subclass(overrides.BODIES[spec["subclass"]], Trainer)
         trainer = Trainer(model=model, args=TrainingArguments(**args), **case.trainer_kwargs)
     else:
         import hf_lightning
@@ -112,7 +119,10 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
         strategy = make_strategy(spec["strategy"])
         if strategy is not None:
             lightning["strategy"] = strategy
-        trainer = hf_lightning.Trainer(model=model, args=TrainingArguments(**args), **case.trainer_kwargs, **lightning)
+        cls = hf_lightning.Trainer
+        if spec["subclass"]:
+            cls = overrides.subclass(overrides.BODIES[spec["subclass"]], cls)
+        trainer = cls(model=model, args=TrainingArguments(**args), **case.trainer_kwargs, **lightning)
     resume = None
     if spec["resume"] is not None:
         base = spec["source"] or source or os.path.join(out, spec["case"], "out")
@@ -126,6 +136,8 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"batches_rank{r}.json"), "w") as f:
         json.dump(seen, f)
+    with open(os.path.join(folder, f"calls_rank{r}.json"), "w") as f:
+        json.dump(overrides.CALLS, f)
     if r == 0:
         out_dir = args["output_dir"]
         checkpoints = {
