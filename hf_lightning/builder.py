@@ -163,6 +163,68 @@ def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool) ->
     return trainer
 
 
+def adopt_trainer(trainer: pl.Trainer, args: TrainingArguments) -> list[Callback]:
+    """Make a ``lightning.Trainer`` the user built (``trainer.fit(HFModule(...), ...)``) behave like ``build_trainer``'s.
+
+    Returns the callbacks ``HFModule.configure_callbacks`` adds (none if the trainer already has the flow
+    callback). Lightning settings that overlap TrainingArguments follow ``overlaps``' rule; Lightning's
+    default checkpointing is replaced by ``checkpoint-N`` folders, and a ModelCheckpoint the user
+    configured is refused (it would write Lightning checkpoints next to transformers' folders).
+    """
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    if any(isinstance(cb, HFFlowCallback) for cb in trainer.callbacks):
+        return []
+    settings = overlaps.lightning_settings_of(trainer)
+    if trainer.num_sanity_val_steps not in (0, 2):  # 2 is Lightning's default: not asked for
+        settings["num_sanity_val_steps"] = trainer.num_sanity_val_steps
+    overlaps.apply(args, settings)
+    validate_arguments(args)
+    # honoured in the arguments: Lightning must not do them again (it refuses them with manual optimization)
+    trainer.accumulate_grad_batches = 1
+    trainer.gradient_clip_val = None
+    trainer.num_sanity_val_steps = 0
+    for loop in (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop, trainer.test_loop):
+        loop.inference_mode = False  # as build_trainer: tensors a model caches while evaluating stay usable in training
+    strategy = trainer.strategy
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = HFCheckpointIO()
+    install_checkpoint_connector(trainer)
+    for callback in list(trainer.checkpoint_callbacks):
+        if not isinstance(callback, ModelCheckpoint):
+            continue
+        if _is_default_model_checkpoint(callback):
+            trainer.callbacks.remove(callback)
+            log.info("hf_lightning writes transformers' checkpoint-N folders (save_strategy=%s) instead of Lightning's "
+                     "default ModelCheckpoint.", args.save_strategy)
+        else:
+            raise ValueError(
+                "A lightning ModelCheckpoint was configured, but HFModule saves transformers' checkpoint-N folders in "
+                f"`output_dir` ({args.output_dir}): set when with `save_strategy`/`save_steps`, how many with "
+                "`save_total_limit`, and keep the best with `metric_for_best_model` + `load_best_model_at_end`. "
+                "Remove the ModelCheckpoint callback."
+            )
+    callbacks: list[Callback] = [HFFlowCallback(args, callbacks=[NonFiniteGuard()]), HFCheckpoint(args), HFSignalHandler(args)]  # issue 13
+    if type(trainer.progress_bar_callback) is TQDMProgressBar:
+        callbacks.append(HFProgressBar())  # replaces Lightning's bar (one bar per epoch, "Validation DataLoader 0")
+    return callbacks
+
+
+def _is_default_model_checkpoint(callback: Any) -> bool:
+    """The ModelCheckpoint Lightning adds by itself when no checkpoint callback was given."""
+    return (
+        callback.dirpath is None
+        and callback.monitor is None
+        and callback.filename is None
+        and callback.save_top_k == 1
+        and not callback.save_last
+        and callback._every_n_train_steps == 0
+        and callback._every_n_epochs == 1
+        and callback._train_time_interval is None
+    )
+
+
 def _user_loggers(logger: Any, args: TrainingArguments) -> list[Any]:
     """Loggers passed to ``build_trainer``/the facade: added to those of ``report_to`` (True: none more)."""
     from lightning.pytorch.loggers import Logger

@@ -158,13 +158,11 @@ class HFModule(pl.LightningModule):
 
     @override
     def configure_callbacks(self) -> list[pl.Callback]:
-        """The flow and checkpoint callbacks, when the ``lightning.Trainer`` was not built with them."""
-        from .callbacks import HFCheckpoint, HFFlowCallback
+        """In a ``lightning.Trainer`` not built by ``build_trainer``: what transformers' behaviour needs (the flow
+        and checkpoint callbacks, the checkpoint format, the overlapping settings), see ``builder.adopt_trainer``."""
+        from .builder import adopt_trainer
 
-        present = self.trainer.callbacks if self._trainer is not None else []
-        if any(isinstance(cb, HFFlowCallback) for cb in present):
-            return []
-        return [HFFlowCallback(self.args), HFCheckpoint(self.args)]
+        return adopt_trainer(self.trainer, self.args) if self._trainer is not None else []
 
     @override
     def on_fit_start(self) -> None:

@@ -197,7 +197,7 @@ def reconcile(args: Mapping[str, Any], defaults: Mapping[str, Any], lightning: M
 
     Args:
         args: the current TrainingArguments values (field -> value).
-        defaults: TrainingArguments' defaults (a field at its default was not asked for).
+        defaults: TrainingArguments' defaults (a field at its default was not asked for; a tuple lists several).
         lightning: the Lightning settings asked for (name -> value), overlapping or not.
 
     Raises a ``ValueError`` listing every conflict and refusal at once.
@@ -222,7 +222,9 @@ def reconcile(args: Mapping[str, Any], defaults: Mapping[str, Any], lightning: M
             current = updates.get(field, args.get(field))
             if _same(current, new):
                 continue
-            asked = field in updates or not _same(current, defaults.get(field))
+            unset = defaults.get(field)
+            at_default = any(_same(current, d) for d in unset) if isinstance(unset, tuple) else _same(current, unset)
+            asked = field in updates or not at_default
             if asked:
                 problems.append(
                     f"`{name}={value!r}` (lightning.Trainer) contradicts `{field}={current!r}` (TrainingArguments): "
@@ -241,7 +243,9 @@ def apply(args: Any, lightning: Mapping[str, Any]) -> dict[str, Any]:
     from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
     fields = {f.name: f for f in dataclasses.fields(TrainingArguments)}
-    defaults = {name: f.default for name, f in fields.items() if f.default is not dataclasses.MISSING}
+    defaults: dict[str, Any] = {name: f.default for name, f in fields.items() if f.default is not dataclasses.MISSING}
+    # transformers fills an unset eval_steps with logging_steps when evaluating by steps
+    defaults["eval_steps"] = (defaults.get("eval_steps"), getattr(args, "logging_steps", None))
     current = {name: getattr(args, name) for name in fields if hasattr(args, name)}
     updates = reconcile(current, defaults, lightning)
     enums = {"eval_strategy": IntervalStrategy, "logging_strategy": IntervalStrategy, "save_strategy": SaveStrategy}
@@ -255,7 +259,10 @@ def apply(args: Any, lightning: Mapping[str, Any]) -> dict[str, Any]:
 def lightning_settings_of(trainer: Any) -> dict[str, Any]:
     """The overlapping settings a user-built ``lightning.Trainer`` was given (those not at Lightning's default)."""
     observed = {
-        "max_epochs": None if trainer.fit_loop.max_epochs in (None, -1, 1000) and trainer.max_steps == -1 else trainer.fit_loop.max_epochs,
+        "max_epochs": None
+        if trainer.fit_loop.max_epochs in (None, -1) or (trainer.fit_loop.max_epochs == 1000 and trainer.max_steps == -1)
+        else trainer.fit_loop.max_epochs,
+        "log_every_n_steps": None if trainer.log_every_n_steps == 50 else trainer.log_every_n_steps,
         "max_steps": trainer.max_steps,
         "accumulate_grad_batches": trainer.accumulate_grad_batches,
         "gradient_clip_val": trainer.gradient_clip_val,

@@ -147,6 +147,7 @@ class Trainer(transformers.Trainer):
     def create_accelerator_and_postprocess(self) -> None:
         """The accelerator is Lightning's strategy, seen through ``LightningAccelerator``."""
         self.accelerator = LightningAccelerator(self.args)
+        _restore_accelerator_state(self.args)
         self.gather_function = functools.partial(self.accelerator.gather_for_metrics, use_gather_object=self.args.eval_use_gather_object)
         self.is_deepspeed_enabled = False
         self.is_fsdp_enabled = False
@@ -321,6 +322,27 @@ def on_lightning(trainer_class: type[transformers.Trainer], name: str | None = N
     namespace = {"__init__": __init__, "__module__": trainer_class.__module__, "__doc__": trainer_class.__doc__,
                  "__qualname__": name or trainer_class.__qualname__}
     return type(name or trainer_class.__name__, (trainer_class, Trainer), namespace)
+
+
+def _restore_accelerator_state(args: TrainingArguments) -> None:
+    """Rebuild accelerate's global ``AcceleratorState`` as a transformers.Trainer's Accelerator would.
+
+    ``TrainingArguments`` resets it when it sets up its device, and every transformers.Trainer rebuilds it;
+    hf_lightning builds no Accelerator, so a transformers.Trainer made earlier in this process (notebooks
+    compare both) would find it empty.
+    """
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import TorchDynamoPlugin
+
+    if AcceleratorState._shared_state:
+        return
+    mixed_precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+    for precision in dict.fromkeys((mixed_precision, "no")):
+        try:
+            AcceleratorState(mixed_precision=precision, cpu=args.use_cpu, dynamo_plugin=TorchDynamoPlugin(), _from_accelerator=True)
+            return
+        except (ValueError, RuntimeError):  # e.g. fp16 where accelerate has none
+            AcceleratorState._reset_state()
 
 
 def _is_trainer_callback(callback: Any) -> bool:

@@ -172,3 +172,24 @@ def test_exit_codes_of_a_real_process(tmp_path, name, code):
     assert "train() returned" not in proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.startswith("hf_lightning:")]
     assert lines == [f"hf_lightning: {name} received, training stopped after step 2; newest complete checkpoint: {out / 'checkpoint-2'}."], proc.stderr[-3000:]
+
+
+def test_plain_lightning_trainer_handles_signals_too(tmp_path):
+    """HFModule in a lightning.Trainer the user built gets the same handling (HFModule.configure_callbacks)."""
+    import lightning.pytorch as pl
+    from helpers import make_args
+    from lightning.pytorch.callbacks import Callback
+    from tiny import RegressionDataset, TinyReg
+
+    import hf_lightning
+
+    class Kill(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    args = make_args(tmp_path / "out", per_device_train_batch_size=8, max_steps=6, save_strategy="no", enable_jit_checkpoint=True)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, logger=False, callbacks=[Kill()])
+    with pytest.raises(TrainingInterrupted) as raised:
+        trainer.fit(hf_lightning.HFModule(TinyReg(), args), datamodule=hf_lightning.HFDataModule(args, train_dataset=RegressionDataset(32)))
+    assert raised.value.code == 143 and raised.value.checkpoint == str(tmp_path / "out" / "checkpoint-2")
