@@ -193,3 +193,13 @@ def test_plain_lightning_trainer_handles_signals_too(tmp_path):
     with pytest.raises(TrainingInterrupted) as raised:
         trainer.fit(hf_lightning.HFModule(TinyReg(), args), datamodule=hf_lightning.HFDataModule(args, train_dataset=RegressionDataset(32)))
     assert raised.value.code == 143 and raised.value.checkpoint == str(tmp_path / "out" / "checkpoint-2")
+
+
+def test_train_twice_keeps_one_signal_decider(tmp_path):
+    from hf_lightning.callbacks.signals import _SignalDecisions
+
+    trainer = tiny_trainer(tmp_path / "out", max_steps=2)
+    trainer.train()
+    trainer.train()
+    assert sum(isinstance(cb, _SignalDecisions) for cb in trainer.callback_handler.callbacks) == 1
+    assert isinstance(trainer.callback_handler.callbacks[-1], _SignalDecisions)

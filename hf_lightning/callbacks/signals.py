@@ -231,8 +231,10 @@ class HFSignalHandler(Callback):
         if stage != "fit":
             return
         self._flow = next((cb for cb in trainer.callbacks if isinstance(cb, HFFlowCallback)), None)
-        if self._flow is not None and self.decisions not in self._flow.handler.callbacks:
-            self._flow.handler.callbacks.append(self.decisions)
+        if self._flow is not None:
+            # last in the list, so its decisions are final; a facade's handler outlives its lightning.Trainer: no stale ones
+            callbacks = self._flow.handler.callbacks
+            callbacks[:] = [cb for cb in callbacks if not isinstance(cb, _SignalDecisions)] + [self.decisions]
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
