@@ -24,6 +24,7 @@ time.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import shutil
@@ -41,7 +42,7 @@ from typing_extensions import override
 
 from .. import distributed, hf_format, run_lock
 from ..checkpoint_io import EXTRAS_KEY
-from ..hf_format import CheckpointError, CheckpointSaveError
+from ..hf_format import CheckpointSaveError
 from ..state import strategy_name
 
 __all__ = ["HFCheckpoint", "install_checkpoint_connector", "export_model", "load_weights_into", "snapshot_state"]
@@ -269,7 +270,9 @@ class HFCheckpoint(Checkpoint):
         if self.async_save:
             snapshot = snapshot_state(checkpoint) if trainer.is_global_zero else None  # written in the background
         else:
-            written = _attempt(lambda: _written(tmp, lambda: strategy.save_checkpoint(checkpoint, tmp)))  # collectives: always
+            write = functools.partial(strategy.save_checkpoint, checkpoint, tmp)
+            written = _attempt(functools.partial(_written, tmp, write))  # on every rank even after an error: collectives
+            del write
             error = error or written
         del checkpoint
         state = self.flow.state
