@@ -9,7 +9,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import console
+from ._versions import check_versions as _check_versions
+
+_check_versions()  # cheap (package metadata only): an unsupported transformers/lightning/torch is named, not a late AttributeError
+
+from . import console  # noqa: E402
 
 console.install_warning_filters()
 
@@ -26,6 +30,9 @@ _EXPORTS = {
     "HFFlowCallback": "callbacks",
     "HFCheckpoint": "callbacks",
     "HFCheckpointIO": "checkpoint_io",
+    "HFSignalHandler": "callbacks",
+    "NonFiniteGuard": "callbacks",
+    "TrainingInterrupted": "callbacks",
 }
 
 __all__ = [
@@ -38,12 +45,15 @@ __all__ = [
     "HFFlowCallback",
     "HFCheckpoint",
     "HFCheckpointIO",
+    "HFSignalHandler",
+    "NonFiniteGuard",
+    "TrainingInterrupted",
     "__version__",
 ]
 
 if TYPE_CHECKING:
     from .builder import build_trainer
-    from .callbacks import HFCheckpoint, HFFlowCallback
+    from .callbacks import HFCheckpoint, HFFlowCallback, HFSignalHandler, NonFiniteGuard, TrainingInterrupted
     from .checkpoint_io import HFCheckpointIO
     from .data import HFDataModule
     from .module import HFModule

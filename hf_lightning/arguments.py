@@ -30,6 +30,9 @@ __all__ = [
     "precision_for",
     "trainer_limits",
     "validate_arguments",
+    "schedule_problems",
+    "train_dataset_problems",
+    "check_train_dataset",
     "unsupported_arguments",
     "resolve_report_to",
     "process_log_level",
@@ -109,7 +112,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "save_steps": (HONOURED, "int or ratio"),
     "save_on_each_node": (UNSUPPORTED, "global rank 0 writes the model files (on one node that is the same); for per-node copies use a shared filesystem or copy after training"),
     "save_total_limit": (HONOURED, "rotation protecting the newest and the best checkpoint, limit-1 rule at the end"),
-    "enable_jit_checkpoint": (UNSUPPORTED, "use Lightning's SIGTERM handling; our saves are atomic anyway"),
+    "enable_jit_checkpoint": (HONOURED, "on SIGTERM (and SIGINT, always) the current optimizer step finishes and a checkpoint is saved even with `save_strategy='no'`; then `train()` raises `TrainingInterrupted` (exit code 143/130)"),
     "push_to_hub": (UNSUPPORTED, "no Hub push from hf_lightning; call `model.push_to_hub` yourself"),
     "hub_token": (NOT_APPLICABLE, "only used with push_to_hub"),
     "hub_private_repo": (NOT_APPLICABLE, "only used with push_to_hub"),
@@ -332,12 +335,128 @@ def validate_arguments(
             f"The train dataset has no length, so `max_steps` must be > 0 (got {args.max_steps}); the number of "
             "optimizer steps is needed for the scheduler."
         )
+    problems += schedule_problems(args)
     if args.gradient_accumulation_steps < 1:
         problems.append(f"`gradient_accumulation_steps` must be >= 1, got {args.gradient_accumulation_steps}.")
     if args.warmup_steps is not None and args.warmup_steps < 0:
         problems.append(f"`warmup_steps` must be >= 0 (a count, or a ratio in [0, 1)), got {args.warmup_steps}.")
     if problems:
         raise ValueError("Invalid training configuration:\n  - " + "\n  - ".join(problems))
+
+
+def schedule_problems(args: TrainingArguments) -> list[str]:
+    """Schedule values transformers accepts but that make no sense; each problem names the option.
+
+    - ``logging_steps``/``save_steps``/``eval_steps`` below zero (transformers resolves a ratio in
+      (0, 1) against ``max_steps``; a negative value never logs, saves or evaluates);
+    - ``save_steps=0`` with ``save_strategy="steps"`` (transformers refuses 0 only for logging);
+    - ``eval_steps=0`` with ``eval_strategy="steps"``;
+    - ``num_train_epochs`` zero or negative without ``max_steps`` (nothing would train).
+    """
+    problems = []
+    for kind in ("logging", "save", "eval"):
+        name = f"{kind}_steps"
+        value = getattr(args, name)
+        strategy = strategy_name(getattr(args, f"{kind}_strategy"))
+        if value is None:
+            continue
+        if value < 0:
+            problems.append(
+                f"`{name}={value}` is negative; it must be a number of optimizer steps (>= 1) or a ratio of the run in "
+                f"(0, 1) (`{kind}_strategy={strategy!r}`)."
+            )
+        elif value == 0 and strategy == "steps" and kind != "logging":  # transformers refuses logging_steps=0 itself
+            problems.append(
+                f"`{name}=0` with `{kind}_strategy='steps'` would {'save' if kind == 'save' else 'evaluate'} never (or divide by "
+                f"zero); give a number of optimizer steps (>= 1) or a ratio in (0, 1), or set `{kind}_strategy='no'`."
+            )
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        problems.append(
+            f"`num_train_epochs={args.num_train_epochs}` with `max_steps={args.max_steps}` trains nothing; give "
+            "`num_train_epochs` > 0 or `max_steps` > 0."
+        )
+    return problems
+
+
+def train_dataset_problems(
+    dataset: Any,
+    *,
+    signature_columns: list[str] | None,
+    label_names: list[str],
+    model_name: str = "the model",
+) -> list[str]:
+    """An empty train dataset, or one whose columns leave the model no input once unused columns are removed.
+
+    ``signature_columns``: what ``remove_unused_columns`` keeps (the forward's parameters and the
+    label names), or None when columns are not removed. The columns are the dataset's
+    ``column_names`` (``datasets.Dataset``), else the keys of its first sample if that is a dict.
+    """
+    try:
+        size = len(dataset)
+    except TypeError:
+        size = None  # unsized (streaming) data: nothing can be said before reading it
+    columns = _dataset_columns(dataset, size)
+    inputs = [c for c in (signature_columns or []) if c not in {"label", "label_ids", *label_names}]
+    if size == 0:
+        return [
+            f"The train dataset is empty (0 samples{f'; columns {columns}' if columns else ''}); "
+            f"{model_name} needs samples with its inputs {inputs or '(see its forward)'}."
+        ]
+    if signature_columns is None or columns is None:
+        return []
+    kept = [c for c in columns if c in signature_columns]
+    model_inputs = [c for c in kept if c in inputs]
+    if model_inputs:
+        return []
+    removed = [c for c in columns if c not in signature_columns]
+    if not kept:  # transformers' words (Trainer._remove_unused_columns), then ours
+        return [
+            f"No columns in the dataset match the model's forward method signature: ({', '.join(signature_columns)}). "
+            f"The following columns have been ignored: [{', '.join(removed)}]. Please check the dataset and model. You may "
+            "need to set `remove_unused_columns=False` in `TrainingArguments`. (hf_lightning: the training dataset has the "
+            f"columns {columns}; {model_name}.forward takes none of them; its inputs are {inputs}. Tokenize the text first, "
+            "or rename the columns to the model's inputs.)"
+        ]
+    return [
+        f"The train dataset has columns {columns}; `remove_unused_columns=True` removes {removed}, which "
+        f"{model_name}.forward does not take, and leaves {kept or 'nothing'}, with no model input among them. "
+        f"{model_name} takes {inputs}. Tokenize or rename the columns first (e.g. `dataset.map(lambda b: tokenizer(b['text']), "
+        "batched=True)`), or set `remove_unused_columns=False` if a data collator builds the inputs."
+    ]
+
+
+def _dataset_columns(dataset: Any, size: int | None) -> list[str] | None:
+    names = getattr(dataset, "column_names", None)
+    if isinstance(names, (list, tuple)):
+        return list(names)
+    if size:
+        try:
+            first = dataset[0]
+        except Exception:  # noqa: BLE001 - a dataset that cannot be indexed: nothing to say
+            return None
+        if isinstance(first, dict):
+            return list(first)
+    return None
+
+
+def check_train_dataset(
+    dataset: Any, signature_columns: list[str] | None, model_name: str, remove_unused_columns: bool, label_names: Any
+) -> None:
+    """Raise a ``ValueError`` with :func:`train_dataset_problems`, if any (one call before the train loader is built).
+
+    ``signature_columns``: the model's forward parameters and label names (None: unknown);
+    ``remove_unused_columns``: ``args.remove_unused_columns`` (when False, only emptiness is checked).
+    """
+    if dataset is None:
+        return
+    problems = train_dataset_problems(
+        dataset,
+        signature_columns=signature_columns if remove_unused_columns else None,
+        label_names=list(label_names or []),
+        model_name=model_name,
+    )
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def _markdown_table() -> str:

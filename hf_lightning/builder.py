@@ -24,6 +24,8 @@ from . import distributed, overlaps
 from .arguments import LIGHTNING_LOGGERS, precision_for, process_log_level, resolve_report_to, trainer_limits, validate_arguments
 from .callbacks.checkpoint import HFCheckpoint, install_checkpoint_connector
 from .callbacks.flow import HFFlowCallback
+from .callbacks.nonfinite import NonFiniteGuard
+from .callbacks.signals import HFSignalHandler
 from .callbacks.progress import HFProgressBar
 from .checkpoint_io import HFCheckpointIO
 from .console import lightning_banners_muted
@@ -86,6 +88,8 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
             Settings that overlap TrainingArguments (``max_epochs``, ``precision``, ``accumulate_grad_batches``,
             ...) are written into ``args`` or refused (see ``overlaps``). ``logger`` adds to the loggers of
             ``report_to``. ``async_save=True`` writes checkpoints in a background thread (see ``HFCheckpoint``).
+            ``on_nonfinite="stop"`` ends training at the first logging step whose loss or gradient norm is
+            NaN/Inf, before a checkpoint is written (default ``"warn"``: see ``NonFiniteGuard``).
             ``callbacks`` are appended after the hf_lightning ones; transformers ``TrainerCallback``s
             among them run through the flow callback. ``plugins`` are added to ``HFCheckpointIO``.
     """
@@ -119,7 +123,8 @@ def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool) ->
         )
     loggers, integrations = make_loggers(args)
     loggers += _user_loggers(overrides.pop("logger", None), args)
-    flow = HFFlowCallback(args, callbacks=[*integrations, *hf_callbacks])
+    guards, signals = NonFiniteGuard(overrides.pop("on_nonfinite", "warn")), HFSignalHandler(args)  # issue 13
+    flow = HFFlowCallback(args, callbacks=[*integrations, *hf_callbacks, guards])
     checkpoint = HFCheckpoint(args, async_save=overrides.pop("async_save", False))
     plugins = overrides.pop("plugins", None) or []
     plugins = plugins if isinstance(plugins, list) else [plugins]
@@ -128,7 +133,7 @@ def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool) ->
     kwargs: dict[str, Any] = {
         "default_root_dir": str(args.output_dir),
         "logger": loggers if loggers else False,
-        "callbacks": [flow, checkpoint, *pl_callbacks],
+        "callbacks": [flow, checkpoint, signals, *pl_callbacks],
         "plugins": plugins,
         "num_sanity_val_steps": 0,
         "enable_progress_bar": not args.disable_tqdm,
@@ -205,7 +210,7 @@ def adopt_trainer(trainer: pl.Trainer, args: TrainingArguments) -> list[Callback
                 "`save_total_limit`, and keep the best with `metric_for_best_model` + `load_best_model_at_end`. "
                 "Remove the ModelCheckpoint callback."
             )
-    callbacks: list[Callback] = [HFFlowCallback(args), HFCheckpoint(args)]
+    callbacks: list[Callback] = [HFFlowCallback(args, callbacks=[NonFiniteGuard()]), HFCheckpoint(args), HFSignalHandler(args)]  # issue 13
     if type(trainer.progress_bar_callback) is TQDMProgressBar:
         callbacks.append(HFProgressBar())  # replaces Lightning's bar (one bar per epoch, "Validation DataLoader 0")
     return callbacks

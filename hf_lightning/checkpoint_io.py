@@ -76,7 +76,13 @@ class HFCheckpointIO(CheckpointIO):
         if not os.path.exists(path):
             raise CheckpointError(f"{path}: checkpoint not found (neither a checkpoint-N folder nor a file).")
         if not is_hf_checkpoint(path):
-            return TorchCheckpointIO().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            # A Lightning .ckpt: weights-only unless the caller explicitly asks for more (torch's default since 2.6).
+            try:
+                return TorchCheckpointIO().load_checkpoint(path, map_location=map_location, weights_only=True if weights_only is None else weights_only)
+            except Exception as error:
+                if weights_only is False:
+                    raise
+                raise CheckpointError(f"{path}: {hf_format.describe_load_error(error)}") from error
         return load_hf_checkpoint(path)
 
     @override
@@ -87,14 +93,59 @@ class HFCheckpointIO(CheckpointIO):
             os.remove(path)
 
 
-def load_hf_checkpoint(path: str, *, with_weights: bool = True) -> dict[str, Any]:
-    """A transformers ``checkpoint-N`` folder as the dict Lightning restores from.
+def load_hf_checkpoint(path: str, *, with_weights: bool = True, steps_in_use: Any = ()) -> dict[str, Any]:
+    """A transformers ``checkpoint-N`` folder as the dict Lightning restores from, every file checked first.
 
-    ``with_weights=False`` leaves out the weights and the optimizer, for strategies that load them
-    in place (the FSDP layouts, ``distributed.py``).
+    Every file is read (without running code from it) and checked for structure and types before
+    anything is restored; all problems are raised together in one ``CheckpointError`` that names
+    each file and field. A missing ``optimizer.pt``/``scheduler.pt`` is not an error: that part
+    starts fresh (``extras["fresh"]`` says which; ``HFCheckpoint`` warns) and the intact files are
+    still loaded. ``with_weights=False`` leaves out the weights and the optimizer, for strategies
+    that load them in place (the FSDP layouts, ``distributed.py``). ``steps_in_use``: the
+    ``*_steps`` fields of ``trainer_state.json`` that must be positive (``HFCheckpoint`` checks them
+    against the run's strategies; negative values are always refused).
     """
-    weights = hf_format.read_weights(path) if with_weights else None
-    state = hf_format.read_trainer_state(path)
+    from .checkpoint_checks import optimizer_problems, scaler_problems, scheduler_problems
+
+    problems: list[str] = []
+    weights = None
+    if with_weights:
+        try:
+            weights = hf_format.read_weights(path)
+        except CheckpointError as error:
+            problems.append(str(error))
+    state, found = hf_format.read_trainer_state_checked(path, steps_in_use=steps_in_use)
+    problems += found
+    rng_states, found = hf_format.read_rng_states_checked(path)
+    problems += found
+    loaded: dict[str, Any] = {}
+    fresh: list[str] = []
+    files = [(hf_format.SCALER_NAME, scaler_problems)]
+    if with_weights:
+        files = [(hf_format.OPTIMIZER_NAME, optimizer_problems), (hf_format.SCHEDULER_NAME, scheduler_problems), *files]
+        if not os.path.isfile(os.path.join(path, hf_format.OPTIMIZER_NAME)) and os.path.isfile(os.path.join(path, hf_format.OPTIMIZER_NAME_BIN)):
+            problems.append(
+                f"{os.path.join(path, hf_format.OPTIMIZER_NAME_BIN)}: an FSDP optimizer state (keyed by parameter names), written "
+                f"by a sharded run; it cannot be loaded into this run's optimizer. Resume with the FSDP strategy that wrote it, "
+                f"or remove the file to start with a fresh optimizer."
+            )
+    for name, check in files:
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            if name != hf_format.SCALER_NAME:  # scaler.pt exists only for fp16 runs
+                fresh.append(name)
+            continue
+        try:
+            value = hf_format.load_torch(file)
+        except CheckpointError as error:
+            problems.append(str(error))
+            continue
+        found = check(value, file)
+        problems += found
+        if not found:
+            loaded[name] = value
+    if problems:
+        raise hf_format.problems_error(path, problems)
     checkpoint: dict[str, Any] = {
         # An adapter's tensors are loaded by HFModule.on_load_checkpoint through peft, not by key.
         "state_dict": {} if weights is None or weights.adapter else {MODEL_PREFIX + k: v for k, v in weights.state_dict.items()},
@@ -107,15 +158,18 @@ def load_hf_checkpoint(path: str, *, with_weights: bool = True) -> dict[str, Any
             "trainer_state": state,
             "weights_file": weights.path if weights is not None else path,
             "adapter_weights": weights if weights is not None and weights.adapter else None,
-            "rng_states": hf_format.read_rng_states(path),
+            "rng_states": rng_states,
+            "fresh": fresh,
+            "optimizer_file": os.path.join(path, hf_format.OPTIMIZER_NAME) if hf_format.OPTIMIZER_NAME in loaded else None,
+            "scheduler_file": os.path.join(path, hf_format.SCHEDULER_NAME) if hf_format.SCHEDULER_NAME in loaded else None,
         },
     }
-    if with_weights and hf_format.has_training_state(path):
-        checkpoint["optimizer_states"] = [hf_format.load_torch(os.path.join(path, hf_format.OPTIMIZER_NAME))]
-        checkpoint["lr_schedulers"] = [hf_format.load_torch(os.path.join(path, hf_format.SCHEDULER_NAME))]
-    scaler = os.path.join(path, hf_format.SCALER_NAME)
-    if os.path.isfile(scaler):
-        scaler_state = hf_format.load_torch(scaler)
+    # Whatever is intact is restored; HFModule fills a missing optimizer or scheduler with a fresh one.
+    if hf_format.OPTIMIZER_NAME in loaded:
+        checkpoint["optimizer_states"] = [loaded[hf_format.OPTIMIZER_NAME]]
+    if hf_format.SCHEDULER_NAME in loaded:
+        checkpoint["lr_schedulers"] = [loaded[hf_format.SCHEDULER_NAME]]
+    if hf_format.SCALER_NAME in loaded:
         for key in _PRECISION_KEYS:
-            checkpoint[key] = scaler_state
+            checkpoint[key] = loaded[hf_format.SCALER_NAME]
     return checkpoint

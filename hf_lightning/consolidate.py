@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -28,25 +29,26 @@ def load_sharded_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The full state dict stored in a ``pytorch_model_fsdp_0/`` folder (keys without the ``model.`` wrapper).
 
     Reads with ``torch.distributed.checkpoint`` into CPU tensors allocated from the folder's metadata,
-    so any number of writing ranks works and no process group is needed.
+    so any number of writing ranks works and no process group is needed. Nothing in the folder can
+    run code: ``.metadata`` is unpickled with an allow-list and the shards load weights-only
+    (``safe_load``).
     """
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     from .hf_format import CheckpointError
+    from .safe_load import dcp_load, read_dcp_metadata
 
     folder = Path(folder)
     if not (folder / ".metadata").is_file():
         raise CheckpointError(f"{folder}: not a torch.distributed.checkpoint folder (no .metadata file).")
-    reader = dcp.FileSystemReader(str(folder))
-    metadata = reader.read_metadata()
+    metadata = read_dcp_metadata(folder)  # allow-listed unpickling: no code from the checkpoint runs
     state: dict[str, torch.Tensor] = {}
     for key, item in metadata.state_dict_metadata.items():
         if isinstance(item, TensorStorageMetadata):
             state[key] = torch.empty(item.size, dtype=item.properties.dtype)
     if not state:
         raise CheckpointError(f"{folder}: holds no tensors.")
-    dcp.load(state, storage_reader=reader)
+    dcp_load(state, folder)
     # accelerate saves {"model": state_dict}; the flattened keys are "model.<name>"
     if all(k.startswith("model.") for k in state):
         state = {k[len("model.") :]: v for k, v in state.items()}
@@ -102,7 +104,12 @@ def consolidate(
         # A plain nn.Module (no config): its state dict as transformers' Trainer writes one.
         safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(target / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
         return target
-    model_config = AutoConfig.from_pretrained(str(config_file))
+    try:
+        model_config = AutoConfig.from_pretrained(str(config_file), trust_remote_code=False)  # never code from the checkpoint
+    except (ValueError, OSError, KeyError) as error:
+        raise CheckpointError(
+            f"{config_file}: not a config transformers can build without running code from the checkpoint ({error})."
+        ) from error
     cls = _model_class(model_config)
     if cls is None:
         raise CheckpointError(
@@ -132,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output-dir", default=None, help="where to write (default: into the checkpoint)")
     parser.add_argument("--config", default=None, help="folder with config.json (or the file) if the checkpoint has none")
     options = parser.parse_args(argv)
-    target = consolidate(options.checkpoint, options.output_dir, config=options.config)
+    from .hf_format import CheckpointError
+
+    try:
+        target = consolidate(options.checkpoint, options.output_dir, config=options.config)
+    except CheckpointError as error:
+        print(f"hf-lightning consolidate: {error}", file=sys.stderr)
+        return 1
     print(f"Wrote {target / 'model.safetensors'}")
     return 0
 

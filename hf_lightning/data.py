@@ -31,6 +31,7 @@ from transformers.trainer_utils import RemoveColumnsCollator, has_length, seed_w
 from typing_extensions import override
 
 from . import distributed
+from .arguments import check_train_dataset
 from .state import strategy_name
 
 __all__ = [
@@ -428,6 +429,7 @@ class HFDataModule(pl.LightningDataModule):
     @override
     def train_dataloader(self) -> GroupedLoader:
         source = self.source if self.source is not None else self
+        check_train_dataset(source.train_dataset, *self._columns_and_name(), self.args.remove_unused_columns, getattr(self._hooks(), "label_names", None) or self.args.label_names)  # issue 13
         return GroupedLoader(source.get_train_dataloader(), self.args.gradient_accumulation_steps)
 
     @override

@@ -298,7 +298,7 @@ class _HFShardedCheckpoints:
                 _save_model_description(path, checkpoint)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        from .checkpoint_io import load_hf_checkpoint
+        from .checkpoint_io import EXTRAS_KEY, load_hf_checkpoint
 
         path = Path(self.broadcast(str(checkpoint_path)))  # type: ignore[attr-defined]
         if not path.is_dir():
@@ -312,14 +312,24 @@ class _HFShardedCheckpoints:
             _load_full_model(root, path, is_zero=self.is_global_zero)  # type: ignore[attr-defined]
         optimizers = self.optimizers  # type: ignore[attr-defined]
         fitting = self.lightning_module.trainer.state.fn == "fit"  # type: ignore[attr-defined]
-        if fitting and optimizers and _has_fsdp_training_state(path, layout):
-            optimizer = getattr(optimizers[0], "_optimizer", optimizers[0])
-            if layout == "sharded":
-                _load_sharded_optimizer(root, optimizer, path / FSDP_OPTIMIZER_DIR)
+        if fitting and optimizers:
+            # Whatever is intact is restored; a missing optimizer or scheduler starts fresh (HFCheckpoint warns).
+            optimizer_file = _fsdp_optimizer_source(path, layout)
+            if optimizer_file is not None:
+                optimizer = getattr(optimizers[0], "_optimizer", optimizers[0])
+                if layout == "sharded":
+                    _load_sharded_optimizer(root, optimizer, path / FSDP_OPTIMIZER_DIR)
+                else:
+                    _load_full_optimizer(root, optimizer, path / OPTIMIZER_NAME_BIN, is_zero=self.is_global_zero)  # type: ignore[attr-defined]
+                checkpoint["optimizer_states"] = [optimizer.state_dict()]
             else:
-                _load_full_optimizer(root, optimizer, path / OPTIMIZER_NAME_BIN, is_zero=self.is_global_zero)  # type: ignore[attr-defined]
-            checkpoint["optimizer_states"] = [optimizer.state_dict()]
-            checkpoint["lr_schedulers"] = [hf_format.load_torch(path / hf_format.SCHEDULER_NAME)]
+                checkpoint[EXTRAS_KEY]["fresh"].append(OPTIMIZER_NAME_BIN if layout == "full" else FSDP_OPTIMIZER_DIR)
+            scheduler_file = path / hf_format.SCHEDULER_NAME
+            if scheduler_file.is_file():
+                checkpoint["lr_schedulers"] = [_load_scheduler(scheduler_file)]
+                checkpoint[EXTRAS_KEY]["scheduler_file"] = str(scheduler_file)
+            else:
+                checkpoint[EXTRAS_KEY]["fresh"].append(hf_format.SCHEDULER_NAME)
         # The weights are in the model already; HFModule checks these names and shapes against its own.
         checkpoint["state_dict"] = _model_state(root, full=False, cpu_offload=False)
         return checkpoint
@@ -537,11 +547,10 @@ def _dcp_save(state: dict[str, Any], folder: Path) -> None:
 
 
 def _dcp_load(state: dict[str, Any], folder: Path) -> None:
-    import torch.distributed.checkpoint as dcp
+    """``dcp.load`` without running code from the folder (``safe_load``: allow-listed metadata, weights-only entries)."""
+    from .safe_load import dcp_load
 
-    if not (folder / ".metadata").is_file():
-        raise CheckpointError(f"{folder}: not a torch.distributed.checkpoint folder (no .metadata).")
-    dcp.load(state, storage_reader=dcp.FileSystemReader(str(folder)))
+    dcp_load(state, folder)
 
 
 def _load_sharded_model(root: nn.Module, folder: Path) -> None:
@@ -565,12 +574,33 @@ def _load_full_model(root: nn.Module, path: Path, *, is_zero: bool) -> None:
     """``pytorch_model_fsdp.bin`` (or ``model.safetensors``) read on rank 0 and broadcast into the shards."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    state: dict[str, Any] = {}
-    if is_zero:
+    def read() -> dict[str, Any]:
         file = path / FSDP_MODEL_FILE
         state = hf_format.load_torch(file) if file.is_file() else hf_format.load_model_state_dict(path)
-        state = _complete_tied(root, _add(state))
+        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{file}: must hold a state dict of tensors (what accelerate's save_fsdp_model writes).")
+        return _complete_tied(root, _add(state))
+
+    state = _read_on_rank_zero(read, is_zero)
     set_model_state_dict(root, state, options=_options(True, broadcast_from_rank0=True))
+
+
+def _read_on_rank_zero(read: Any, is_zero: bool) -> Any:
+    """``read()`` on rank 0; a ``CheckpointError`` there is raised on every rank (else the others would wait forever)."""
+    result: Any = {}
+    message = None
+    if is_zero:
+        try:
+            result = read()
+        except CheckpointError as error:
+            message = str(error)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        box = [message]
+        torch.distributed.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message is not None:
+        raise CheckpointError(message)
+    return result
 
 
 def _tied_aliases(module: nn.Module) -> dict[str, str]:
@@ -604,9 +634,16 @@ def share_tied(module: nn.Module, state: dict[str, Any], prefix: str = "") -> di
 def _load_full_optimizer(root: nn.Module, optimizer: torch.optim.Optimizer, file: Path, *, is_zero: bool) -> None:
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    state: dict[str, Any] = {}
-    if is_zero:
-        state = _add_optimizer(hf_format.load_torch(file))
+    def read() -> dict[str, Any]:
+        from .checkpoint_checks import optimizer_problems
+
+        loaded = hf_format.load_torch(file)
+        problems = optimizer_problems(loaded, str(file))
+        if problems:
+            raise hf_format.problems_error(file.parent, problems)
+        return _add_optimizer(loaded)
+
+    state = _read_on_rank_zero(read, is_zero)
     set_optimizer_state_dict(root, optimizer, state, options=_options(True, broadcast_from_rank0=True))
 
 
@@ -620,15 +657,31 @@ def checkpoint_layout(path: str | os.PathLike) -> Literal["sharded", "full", "pl
     return "plain"
 
 
-def _has_fsdp_training_state(path: Path, layout: str) -> bool:
-    optimizer = (path / FSDP_OPTIMIZER_DIR).is_dir() if layout == "sharded" else (path / OPTIMIZER_NAME_BIN).is_file()
-    if not optimizer and (path / OPTIMIZER_NAME).is_file():
+def _fsdp_optimizer_source(path: Path, layout: str) -> Path | None:
+    """The FSDP optimizer state of a checkpoint (``optimizer_0/`` or ``optimizer.bin``), None if it has none.
+
+    A plain ``optimizer.pt`` (DDP or one process) cannot be loaded into a sharded optimizer: refused.
+    """
+    source = path / FSDP_OPTIMIZER_DIR if layout == "sharded" else path / OPTIMIZER_NAME_BIN
+    found = source.is_dir() if layout == "sharded" else source.is_file()
+    if not found and (path / OPTIMIZER_NAME).is_file():
         raise CheckpointError(
             f"{path}: holds `{OPTIMIZER_NAME}` from a DDP/single-process run, which cannot be loaded into a "
             f"sharded optimizer. Resume with the strategy that wrote it, or start from its weights "
             "(`model.safetensors`) without `resume_from_checkpoint`."
         )
-    return optimizer and (path / hf_format.SCHEDULER_NAME).is_file()
+    return source if found else None
+
+
+def _load_scheduler(file: Path) -> Any:
+    """``scheduler.pt``, loaded weights-only and checked."""
+    from .checkpoint_checks import scheduler_problems
+
+    state = hf_format.load_torch(file)
+    problems = scheduler_problems(state, str(file))
+    if problems:
+        raise hf_format.problems_error(file.parent, problems)
+    return state
 
 
 def saved_world_size(checkpoint_dir: str | os.PathLike) -> int | None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
 import random
 import re
+import secrets
 import shutil
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +60,23 @@ __all__ = [
     "SAFE_WEIGHTS_NAME",
     "CONFIG_NAME",
     "CheckpointError",
+    "CheckpointSaveError",
+    "writing",
+    "free_space",
+    "describe_load_error",
     "checkpoint_name",
+    "checkpoint_step",
     "temporary_name",
+    "new_owner_id",
+    "parse_owner",
+    "is_abandoned",
+    "pid_alive",
+    "leftover_folders",
+    "remove_leftovers",
     "get_last_checkpoint",
     "find_last_checkpoint",
     "is_complete",
     "INCOMPLETE_MARKER",
-    "remove_incomplete_checkpoints",
     "rotate_checkpoints",
     "delete_checkpoint",
     "sort_checkpoints",
@@ -81,6 +94,9 @@ __all__ = [
     "load_weights_into_model",
     "load_adapter_into",
     "read_trainer_state",
+    "read_trainer_state_checked",
+    "read_rng_states_checked",
+    "problems_error",
     "write_trainer_state",
     "write_trainer_state_json",
     "trainer_state_json",
@@ -89,7 +105,11 @@ __all__ = [
 ]
 
 _TMP_PREFIX = ".tmp-"
+_OLD_PREFIX = ".old-"
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}\-(\d+)$")
+# .tmp-checkpoint-N or .old-checkpoint-N, then ".<owner>" since hf_lightning 0.1 (none before)
+_LEFTOVER_RE = re.compile(rf"^(?P<kind>\.tmp-|\.old-){PREFIX_CHECKPOINT_DIR}-(?P<step>\d+)(?:\.(?P<owner>.+))?$")
+_OWNER_RE = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})$")
 
 logger = logging.getLogger(__name__)
 
@@ -98,18 +118,245 @@ class CheckpointError(ValueError):
     """A checkpoint folder is missing, incomplete or does not fit the model."""
 
 
+class CheckpointSaveError(OSError):
+    """Writing a checkpoint failed: names the checkpoint, the file, the cause and the free space.
+
+    An ``OSError`` (with the cause's ``errno`` when it had one), so ``except OSError`` still catches
+    a full disk.
+
+    Attributes: ``file`` (what was being written), ``cause`` (the original error), ``checkpoint``
+    (the ``checkpoint-N`` folder the save was for, when known), ``free_bytes`` (free space on the
+    file system of ``file``, None if unknown) and ``newest`` (the newest complete checkpoint, which
+    the failed save left in place).
+    """
+
+    def __init__(self, file: str | os.PathLike, cause: BaseException, *, checkpoint: str | None = None, newest: str | None = None) -> None:
+        self.file = str(file)
+        self.cause = cause
+        self.checkpoint = checkpoint
+        self.newest = newest
+        self.free_bytes = free_space(self.file)
+        super().__init__(self._message())
+        self.errno = _os_error(cause).errno if _os_error(cause) is not None else None
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_save_error, (self.file, str(self.cause), self.checkpoint, self.newest, self.args))
+
+    def for_checkpoint(self, checkpoint: str, newest: str | None) -> CheckpointSaveError:
+        """The same failure, now naming the checkpoint and the newest complete one."""
+        error = CheckpointSaveError(self.file, self.cause, checkpoint=checkpoint, newest=newest)
+        error.free_bytes = self.free_bytes if self.free_bytes is not None else error.free_bytes
+        error.args = (error._message(),)
+        return error
+
+    def _message(self) -> str:
+        what = f"Saving {self.checkpoint} failed" if self.checkpoint else "Saving a checkpoint failed"
+        free = "unknown" if self.free_bytes is None else _human_bytes(self.free_bytes)
+        text = f"{what}: writing {self.file}: {_cause_text(self.cause, self.free_bytes)}. Free space there: {free}."
+        if self.checkpoint is not None:
+            text += (
+                f" Nothing was published; the newest complete checkpoint is still {self.newest}."
+                if self.newest
+                else " Nothing was published; there is no complete checkpoint yet."
+            )
+        return text
+
+
+def _rebuild_save_error(file: str, cause: str, checkpoint: str | None, newest: str | None, args: tuple) -> CheckpointSaveError:
+    error = CheckpointSaveError(file, RuntimeError(cause), checkpoint=checkpoint, newest=newest)
+    error.args = args
+    return error
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind ``error`` (itself, or in its chain of causes)."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def free_space(path: str | os.PathLike) -> int | None:
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent); None if unknown."""
+    current = Path(path)
+    for candidate in (current, *current.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+_ERRNO_HINTS = {
+    errno.ENOSPC: "no space left on the device (the disk is full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.EFBIG: "file too large for the file system or the process's file size limit",
+}
+
+
+def _cause_text(error: BaseException, free_bytes: int | None) -> str:
+    """The cause in words: the OS error's name and text, else the first line of the message."""
+    err = _os_error(error)
+    if isinstance(err, OSError) and err.errno is not None:
+        name = errno.errorcode.get(err.errno, str(err.errno))
+        hint = _ERRNO_HINTS.get(err.errno, err.strerror or "")
+        return f"{name}: {hint}" + (f" ({err.strerror})" if err.strerror and err.strerror.lower() not in hint.lower() else "")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+    code = re.search(r"os error (\d+)|\[Errno (\d+)\]", str(error))  # Rust's io::Error (safetensors), str(OSError)
+    if code is not None:
+        number = int(code.group(1) or code.group(2))
+        if number in _ERRNO_HINTS:
+            return f"{errno.errorcode.get(number, number)}: {_ERRNO_HINTS[number]} ({text})"
+    if free_bytes is not None and free_bytes < 1 << 20:
+        text += " (the file system has less than 1 MiB free: it is probably full)"
+    return text
+
+
+@contextlib.contextmanager
+def writing(file: str | os.PathLike) -> Iterator[None]:
+    """Turn any failure while writing ``file`` into a ``CheckpointSaveError`` naming it and the cause."""
+    try:
+        yield
+    except CheckpointSaveError:
+        raise
+    except Exception as error:
+        raise CheckpointSaveError(getattr(error, "filename", None) or file, error) from error
+
+
 def checkpoint_name(global_step: int) -> str:
     """``checkpoint-{global_step}``, the folder name transformers uses."""
     return f"{PREFIX_CHECKPOINT_DIR}-{global_step}"
 
 
-def temporary_name(global_step: int) -> str:
-    """Where a checkpoint is written before it is renamed into place.
+def checkpoint_step(checkpoint_dir: str | os.PathLike) -> int | None:
+    """N of a folder named ``checkpoint-N`` (transformers' pattern), else None."""
+    match = _CHECKPOINT_RE.match(Path(checkpoint_dir).name)
+    return int(match.group(1)) if match else None
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname() or "localhost")
+
+
+def new_owner_id() -> str:
+    """A name for this run's hidden folders: ``{host}-{pid}-{8 hex digits}``, unique per run."""
+    return f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+_PROCESS_OWNER: dict[int, str] = {}
+
+
+def _process_owner() -> str:
+    pid = os.getpid()
+    if pid not in _PROCESS_OWNER:
+        _PROCESS_OWNER[pid] = new_owner_id()
+    return _PROCESS_OWNER[pid]
+
+
+def parse_owner(owner: str | None) -> tuple[str, int] | None:
+    """``(host, pid)`` of an owner id from :func:`new_owner_id`; None for anything else."""
+    match = _OWNER_RE.match(owner or "")
+    return (match.group("host"), int(match.group("pid"))) if match else None
+
+
+def temporary_name(global_step: int, owner: str | None = None) -> str:
+    """Where a checkpoint is written before it is renamed into place: ``.tmp-checkpoint-N.<owner>``.
 
     The leading dot keeps it out of ``checkpoint-*`` globs and ``get_last_checkpoint``, so resume
-    can never pick up a half-written folder, in hf_lightning or in transformers.
+    can never pick up a half-written folder, in hf_lightning or in transformers. The owner (this
+    run's id, see :func:`new_owner_id`) makes the name unique per run, so two runs never write into
+    the same temporary folder and a cleanup can tell whose leftover a folder is.
     """
-    return f"{_TMP_PREFIX}{checkpoint_name(global_step)}"
+    return f"{_TMP_PREFIX}{checkpoint_name(global_step)}" + (f".{owner}" if owner else "")
+
+
+def _old_name(name: str, owner: str | None) -> str:
+    return f"{_OLD_PREFIX}{name}.{owner or _process_owner()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def is_abandoned(
+    owner: str | None, *, current: str | None, host: str, is_alive: Callable[[int], bool], own_pid: int | None = None
+) -> bool:
+    """Whether a hidden leftover (``.tmp-``/``.old-``) may be deleted by the run ``current``, which holds the lock.
+
+    - this run's own leftovers, and those of an earlier run in this process (``own_pid``; it ended,
+      since this run holds the lock): yes;
+    - a run on this host whose process is gone: yes; one whose process still lives: no (it may be
+      writing, e.g. a run that did not take the lock);
+    - a run on another host, or a folder without an owner (written before owners existed): yes,
+      because the caller holds the output_dir lock, so no other hf_lightning run is writing there.
+    """
+    if owner is not None and owner == current:
+        return True
+    parsed = parse_owner(owner)
+    if parsed is None:
+        return True
+    owner_host, pid = parsed
+    if owner_host == host:
+        return pid == own_pid or not is_alive(pid)
+    return True
+
+
+def leftover_folders(output_dir: str | os.PathLike) -> list[tuple[str, str | None]]:
+    """Hidden ``.tmp-checkpoint-N[.owner]``/``.old-checkpoint-N[.owner]`` folders: ``(path, owner)``."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for entry in sorted(os.listdir(output_dir)):
+        match = _LEFTOVER_RE.match(entry)
+        if match:
+            found.append((os.path.join(output_dir, entry), match.group("owner")))
+    return found
+
+
+def remove_leftovers(
+    output_dir: str | os.PathLike,
+    *,
+    current: str | None,
+    only_own: bool = False,
+    is_alive: Callable[[int], bool] = pid_alive,
+) -> tuple[list[str], list[str]]:
+    """Delete the hidden folders of interrupted saves that :func:`is_abandoned` allows; ``(removed, kept)``.
+
+    ``only_own=True`` deletes only the folders of the run ``current`` (at the end of a run, on error).
+    """
+    removed, kept = [], []
+    host = _host()
+    for path, owner in leftover_folders(output_dir):
+        mine = owner is not None and owner == current
+        if mine or (not only_own and is_abandoned(owner, current=current, host=host, is_alive=is_alive, own_pid=os.getpid())):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        else:
+            kept.append(path)
+    return removed, kept
 
 
 INCOMPLETE_MARKER = "checkpoint-is-incomplete.txt"  # transformers' JIT-checkpoint sentinel, present while it writes
@@ -149,29 +396,17 @@ def find_last_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
-def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[str]:
-    """Delete the temporary folders a killed save left behind; return what was removed."""
-    removed = []
-    if not os.path.isdir(output_dir):
-        return removed
-    for entry in os.listdir(output_dir):
-        if entry.startswith(_TMP_PREFIX + PREFIX_CHECKPOINT_DIR) or entry.startswith(".old-" + PREFIX_CHECKPOINT_DIR):
-            path = os.path.join(output_dir, entry)
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def delete_checkpoint(checkpoint_dir: str | os.PathLike) -> None:
+def delete_checkpoint(checkpoint_dir: str | os.PathLike, owner: str | None = None) -> None:
     """Delete a checkpoint folder so that a kill midway never leaves a partial ``checkpoint-N``.
 
     The folder is first renamed out of the ``checkpoint-*`` names (one atomic step), then removed;
-    a kill during the removal leaves a hidden ``.old-checkpoint-N`` that the next start cleans up.
+    a kill during the removal leaves a hidden ``.old-checkpoint-N.<owner>`` that the next start
+    cleans up (``owner``: the run's id, default one per process).
     """
     folder = Path(checkpoint_dir)
     if not folder.exists():
         return
-    doomed = folder.with_name(".old-" + folder.name)
+    doomed = folder.with_name(_old_name(folder.name, owner))
     shutil.rmtree(doomed, ignore_errors=True)
     os.replace(folder, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
@@ -182,6 +417,7 @@ def rotate_checkpoints(
     save_total_limit: int | None = None,
     best_model_checkpoint: str | None = None,
     use_mtime: bool = False,
+    owner: str | None = None,
 ) -> list[str]:
     """transformers' ``rotate_checkpoints`` (§1.7), deleting with :func:`delete_checkpoint`; returns what it deleted.
 
@@ -203,12 +439,12 @@ def rotate_checkpoints(
         if len(checkpoints) - len(deleted) <= keep:
             break
         if checkpoint not in protected:
-            delete_checkpoint(checkpoint)
+            delete_checkpoint(checkpoint, owner)
             deleted.append(checkpoint)
     return deleted
 
 
-def publish_checkpoint(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
+def publish_checkpoint(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike, owner: str | None = None) -> None:
     """Move a complete checkpoint into place in one rename.
 
     A folder already at ``final_dir`` (a second save at the same step) is moved aside first and
@@ -217,13 +453,15 @@ def publish_checkpoint(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike)
     renamed folder whose files were never written to disk.
     """
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
-    _fsync_tree(tmp_dir)
+    with writing(tmp_dir):
+        _fsync_tree(tmp_dir)
     old = None
-    if final_dir.exists():
-        old = final_dir.with_name(".old-" + final_dir.name)
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final_dir, old)
-    os.replace(tmp_dir, final_dir)
+    with writing(final_dir):
+        if final_dir.exists():
+            old = final_dir.with_name(_old_name(final_dir.name, owner))
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final_dir, old)
+        os.replace(tmp_dir, final_dir)
     _fsync_dir(final_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -266,25 +504,38 @@ def capture_rng_state(distributed: bool = False) -> dict[str, Any]:
     return states
 
 
-_RNG_KEYS = ("python", "numpy", "cpu")
-
-
 def read_rng_states(checkpoint_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Every ``rng_state*.pth`` of a checkpoint, loaded safely and checked: ``{file name: states}``.
 
     Read when the checkpoint is opened, so a bad file stops the run before its first step.
     """
+    states, problems = read_rng_states_checked(checkpoint_dir)
+    if problems:
+        raise problems_error(checkpoint_dir, problems)
+    return states
+
+
+def read_rng_states_checked(checkpoint_dir: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """:func:`read_rng_states` returning the problems (unreadable files, wrong values) instead of raising."""
+    from .checkpoint_checks import rng_problems
+
     states: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
     for name in sorted(os.listdir(checkpoint_dir)):
         if not (name.startswith("rng_state") and name.endswith(".pth")):
             continue
         path = os.path.join(checkpoint_dir, name)
-        loaded = load_torch(path)
-        missing = [key for key in _RNG_KEYS if not isinstance(loaded, dict) or key not in loaded]
-        if missing:
-            raise CheckpointError(f"{path}: not an RNG state file, it lacks {missing} (expected keys {list(_RNG_KEYS)}).")
-        states[name] = loaded
-    return states
+        try:
+            loaded = load_torch(path)
+        except CheckpointError as error:
+            problems.append(str(error))
+            continue
+        found = rng_problems(loaded, path)
+        if found:
+            problems += found
+        else:
+            states[name] = loaded
+    return states, problems
 
 
 def apply_rng_state(states: Mapping[str, Any], distributed: bool = False) -> None:
@@ -312,35 +563,48 @@ def restore_rng_state(path: str | os.PathLike, distributed: bool = False) -> boo
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` as transformers writes ``optimizer.pt``/``scheduler.pt``/``scaler.pt``."""
-    torch.save(obj, path)
+    """``torch.save`` as transformers writes ``optimizer.pt``/``scheduler.pt``/``scaler.pt``.
+
+    A failure (disk full, permission denied) is a ``CheckpointSaveError`` naming ``path`` and the cause.
+    """
+    with writing(path):
+        torch.save(obj, path)
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Any:
-    """Load a ``.pt``/``.pth`` checkpoint file without executing any code from it.
+    """Load a ``.pt``/``.pth``/``.bin`` checkpoint file without executing any code from it.
 
     ``weights_only=True`` with only numpy's array reconstruction allowed (what rng states need).
-    A file that wants anything else is refused with an error that names it.
+    A file that asks for anything else is refused, and a damaged one reported as damaged; both
+    errors name the file.
     """
     try:
         with safe_globals():
             return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found.") from None
-    except Exception as error:  # pickle.UnpicklingError, RuntimeError from torch's weights_only unpickler
-        raise CheckpointError(
-            f"{path}: refused to load. A checkpoint file may hold only tensors, numbers, strings and containers "
-            f"(torch.load with weights_only=True), and this one asks for more: {_unpickling_reason(error)}"
-        ) from error
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a folder, not a file torch.save wrote.") from None
+    except Exception as error:  # pickle.UnpicklingError, RuntimeError from torch's zip reader, EOFError
+        raise CheckpointError(f"{path}: {describe_load_error(error)}") from error
 
 
-def _unpickling_reason(error: BaseException) -> str:
-    """The informative line of torch's weights_only error (the global it refused), else its first line."""
+def describe_load_error(error: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in words: a refused global, or a damaged file."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in lines:
-        if "GLOBAL" in line or "Unsupported" in line:
-            return line.split(" Please use", 1)[0]  # not torch's advice to allowlist it
-    return lines[0] if lines else type(error).__name__
+        if "GLOBAL" in line:
+            reason = line.split(" Please use", 1)[0]  # not torch's advice to allowlist it
+            return (
+                "refused to load. A checkpoint file may hold only tensors, numbers, strings and containers "
+                f"(torch.load with weights_only=True), and this one asks for more: {reason}"
+            )
+    if isinstance(error, EOFError) or not lines:
+        return "is empty or truncated (EOFError): the file is damaged; it is not what torch.save writes."
+    detail = next((line for line in lines if "Unsupported operand" in line or "failed" in line.lower()), lines[0])
+    if "Weights only load failed" in detail:
+        detail = lines[-2] if len(lines) > 1 else detail
+    return f"is damaged or not a file torch.save writes ({type(error).__name__}: {detail[:200]})."
 
 
 # ---------------------------------------------------------------------------------------- the model
@@ -368,20 +632,28 @@ def save_model_files(
     ``state_dict`` is the full (gathered) state of ``model``; None means "read it from the model".
     Call on the writing rank only.
     """
+    with writing(output_dir):
+        _save_model_files(output_dir, model, state_dict=state_dict, processing_class=processing_class, data_collator=data_collator, args=args)
+
+
+def _save_model_files(output_dir: str | os.PathLike, model: torch.nn.Module, *, state_dict: Any, processing_class: Any, data_collator: Any, args: Any) -> None:
     os.makedirs(output_dir, exist_ok=True)
     if isinstance(model, PreTrainedModel) or _is_peft_model(model):
         model.save_pretrained(output_dir, state_dict=dict(state_dict) if state_dict is not None else None)
     else:
         tensors = dict(state_dict) if state_dict is not None else model.state_dict()
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        safetensors.torch.save_file(tensors, os.path.join(output_dir, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+        path = os.path.join(output_dir, SAFE_WEIGHTS_NAME)
+        with writing(path):
+            safetensors.torch.save_file(tensors, path, metadata={"format": "pt"})
     tokenizer = processing_class
     if tokenizer is None and data_collator is not None:
         tokenizer = getattr(data_collator, "tokenizer", None)
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
     if args is not None:
-        torch.save(args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        with writing(os.path.join(output_dir, TRAINING_ARGS_NAME)):
+            torch.save(args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
 
 @dataclasses.dataclass
@@ -519,17 +791,60 @@ def load_adapter_into(model: torch.nn.Module, weights: Weights) -> None:
 # ------------------------------------------------------------------------------------ trainer state
 
 
-def read_trainer_state(checkpoint_dir: str | os.PathLike) -> TrainerState | None:
-    """``trainer_state.json`` of a checkpoint as a ``TrainerState``; None if the file is absent."""
+def read_trainer_state_checked(
+    checkpoint_dir: str | os.PathLike, *, steps_in_use: Any = None
+) -> tuple[TrainerState | None, list[str]]:
+    """``trainer_state.json`` of a checkpoint and every problem found in it: ``(state or None, problems)``.
+
+    ``(None, [])`` when the file is absent. The file must be UTF-8 JSON holding a transformers
+    ``TrainerState`` whose fields have the right types, ``global_step`` equal to the folder's N
+    (``checkpoint-N``), and positive step intervals (``steps_in_use``: the ``*_steps`` fields the
+    run divides by; default all three). See ``checkpoint_checks.trainer_state_problems``.
+    """
+    from .checkpoint_checks import STEP_FIELDS, trainer_state_problems
+
     path = os.path.join(checkpoint_dir, TRAINER_STATE_NAME)
     if not os.path.isfile(path):
-        return None
+        return None, []
     try:
-        return TrainerState.load_from_json(path)
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except UnicodeDecodeError as error:
+        return None, [f"{path}: not UTF-8 text (a binary file?), byte {error.start} is {error.object[error.start:error.start + 1]!r}; trainer_state.json is JSON."]
+    except OSError as error:
+        return None, [f"{path}: cannot be read ({error.strerror or error})."]
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: corrupt JSON at line {error.lineno} column {error.colno} ({error.msg}).") from error
+        return None, [f"{path}: corrupt JSON at line {error.lineno} column {error.colno} ({error.msg})."]
+    problems = trainer_state_problems(
+        data, path, folder_step=checkpoint_step(checkpoint_dir), steps_in_use=STEP_FIELDS if steps_in_use is None else steps_in_use
+    )
+    if problems:
+        return None, problems
+    try:
+        return TrainerState(**data), []
     except TypeError as error:
-        raise CheckpointError(f"{path}: not a transformers TrainerState ({error}).") from error
+        return None, [f"{path}: not a transformers TrainerState ({error})."]
+
+
+def read_trainer_state(checkpoint_dir: str | os.PathLike) -> TrainerState | None:
+    """``trainer_state.json`` of a checkpoint as a ``TrainerState``; None if the file is absent.
+
+    Raises a ``CheckpointError`` naming the file and every problem (see :func:`read_trainer_state_checked`).
+    """
+    state, problems = read_trainer_state_checked(checkpoint_dir)
+    if problems:
+        raise problems_error(checkpoint_dir, problems)
+    return state
+
+
+def problems_error(checkpoint_dir: str | os.PathLike, problems: list[str]) -> CheckpointError:
+    """One ``CheckpointError`` for all the problems of a checkpoint (each already names its file and field)."""
+    if len(problems) == 1:
+        return CheckpointError(problems[0])
+    listed = "\n  - ".join(problems)
+    return CheckpointError(f"{checkpoint_dir}: cannot be resumed from, {len(problems)} problems:\n  - {listed}")
 
 
 def trainer_state_json(state: TrainerState) -> str:
@@ -544,7 +859,8 @@ def write_trainer_state(state: TrainerState, checkpoint_dir: str | os.PathLike) 
 
 def write_trainer_state_json(text: str, checkpoint_dir: str | os.PathLike) -> None:
     """Write already-serialised ``trainer_state.json`` text into ``checkpoint_dir``."""
-    with open(os.path.join(checkpoint_dir, TRAINER_STATE_NAME), "w", encoding="utf-8") as f:
+    path = os.path.join(checkpoint_dir, TRAINER_STATE_NAME)
+    with writing(path), open(path, "w", encoding="utf-8") as f:
         f.write(text)
 
 

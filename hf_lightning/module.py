@@ -594,8 +594,8 @@ class HFModule(pl.LightningModule):
         checkpoint, self._pending_checkpoint = self._pending_checkpoint, None
         if checkpoint is None:
             return
-        checkpoint["optimizer_states"] = [optimizer.state_dict()]
-        checkpoint["lr_schedulers"] = [scheduler.state_dict()] if scheduler is not None else []
+        checkpoint.setdefault("optimizer_states", [optimizer.state_dict()])  # only the missing part starts fresh
+        checkpoint.setdefault("lr_schedulers", [scheduler.state_dict()] if scheduler is not None else [])
 
 
 def _owns_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:

@@ -362,7 +362,7 @@ def _has_length(dataset: Any) -> bool | None:
 def _lightning_parameters() -> frozenset[str]:
     import inspect
 
-    return frozenset((set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}) | {"async_save"})
+    return frozenset((set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}) | {"async_save", "on_nonfinite"})
 
 
 _LIGHTNING_PARAMETERS = _lightning_parameters()

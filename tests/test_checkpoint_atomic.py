@@ -28,7 +28,7 @@ import torch
 from helpers import build
 from tiny import RegressionDataset, TinyReg
 
-from hf_lightning import hf_format
+from hf_lightning import hf_format, run_lock
 from hf_lightning.checkpoint_io import HFCheckpointIO
 
 ARGS = dict(per_device_train_batch_size=8, gradient_accumulation_steps=2, num_train_epochs=3, save_strategy="steps",
@@ -89,10 +89,10 @@ def install_kill(phase: str, marker: str) -> dict:
     elif phase in ("before-rename", "after-rename"):
         original_publish = hf_format.publish_checkpoint
 
-        def publish_checkpoint(tmp_dir, final_dir):
+        def publish_checkpoint(tmp_dir, final_dir, *args, **kwargs):
             if _step_of(final_dir) == KILL_STEP and phase == "before-rename":
                 die()
-            original_publish(tmp_dir, final_dir)
+            original_publish(tmp_dir, final_dir, *args, **kwargs)
             if _step_of(final_dir) == KILL_STEP:
                 die()
 
@@ -178,11 +178,15 @@ def test_kill_during_save_leaves_complete_checkpoints_and_resume_finishes(uninte
     if phase == "async-write":
         published = KILL_STEP - 1  # the background write of checkpoint-5 died before its rename
     assert steps[-1] == published, steps
-    hidden = [n for n in os.listdir(output_dir) if n.startswith(".")]
+    hidden = sorted(n for n in os.listdir(output_dir) if n.startswith("."))
+    assert run_lock.LOCK_FILE in hidden  # the killed run never released its lock: the resume takes it over
+    hidden.remove(run_lock.LOCK_FILE)
     if phase in ("model-written", "rng", "before-rename", "async-write", "external"):
-        assert hidden == [f".tmp-checkpoint-{KILL_STEP}"]  # a half-written save, ignored by resume
+        # a half-written save, named after the killed run, ignored by resume
+        assert len(hidden) == 1 and hidden[0].startswith(f".tmp-checkpoint-{KILL_STEP}."), hidden
     if phase == "mid-rotation":
-        assert hidden == [".old-checkpoint-2"]  # renamed away before the deletion: never a partial checkpoint-2
+        # renamed away before the deletion: never a partial checkpoint-2
+        assert len(hidden) == 1 and hidden[0].startswith(".old-checkpoint-2."), hidden
     assert hf_format.find_last_checkpoint(output_dir) == str(output_dir / f"checkpoint-{published}")
 
     resumed = make_trainer(output_dir)
@@ -249,8 +253,9 @@ def test_async_save_error_surfaces(tmp_path):
     HFCheckpointIO.save_checkpoint = broken
     try:
         trainer = make_trainer(tmp_path, async_save=True)
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(hf_format.CheckpointSaveError, match="disk full") as raised:  # an OSError
             trainer.train()
+        assert str(tmp_path / "checkpoint-1") in str(raised.value) and "Free space" in str(raised.value)
     finally:
         HFCheckpointIO.save_checkpoint = original
     assert not [n for n in os.listdir(tmp_path) if n.startswith("checkpoint-")]

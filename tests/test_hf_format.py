@@ -71,8 +71,8 @@ def test_hidden_names_are_invisible_to_transformers_and_cleaned(tmp_path):
     (tmp_path / ".old-checkpoint-1").mkdir()
     (tmp_path / "checkpoint-x").mkdir()  # not a step number: ignored, kept
     assert hf_format.find_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
-    removed = hf_format.remove_incomplete_checkpoints(tmp_path)
-    assert sorted(os.path.basename(p) for p in removed) == [".old-checkpoint-1", ".tmp-checkpoint-3"]
+    removed, kept = hf_format.remove_leftovers(tmp_path, current=hf_format.new_owner_id())  # legacy names: no owner
+    assert sorted(os.path.basename(p) for p in removed) == [".old-checkpoint-1", ".tmp-checkpoint-3"] and kept == []
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-1", "checkpoint-2", "checkpoint-x"]
     assert hf_format.find_last_checkpoint(tmp_path / "absent") is None
 

@@ -2,6 +2,8 @@
 
 from .checkpoint import HFCheckpoint
 from .flow import FlowDecisions, HFFlowCallback
+from .nonfinite import NonFiniteGuard
 from .progress import HFProgressBar
+from .signals import HFSignalHandler, TrainingInterrupted
 
-__all__ = ["HFFlowCallback", "HFCheckpoint", "FlowDecisions", "HFProgressBar"]
+__all__ = ["HFFlowCallback", "HFCheckpoint", "FlowDecisions", "HFProgressBar", "HFSignalHandler", "NonFiniteGuard", "TrainingInterrupted"]
