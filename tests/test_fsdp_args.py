@@ -109,6 +109,30 @@ def test_fsdp1_layer_policy_resolves_the_models_blocks() -> None:
         V1(shard_layers=["GPT2Block"])._unit_policy.bind(model)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [({}, ["model.layers.0", "model.layers.1"]),
+     # torch's size-based recursion: a module is wrapped when the parameters its wrapped children leave reach the threshold
+     ({"min_num_params": 3500}, ["model.layers.0.mlp", "model.layers.0.self_attn", "model.layers.1.mlp", "model.layers.1.self_attn"])],
+    ids=["blocks", "size"],
+)
+def test_fsdp1_policy_is_the_wrap_and_the_checkpointing_policy(kwargs: dict, expected: list[str]) -> None:
+    """The policy FullyShardedDataParallel wraps with is the one Lightning's ``apply_activation_checkpointing``
+    gets, so the checkpointed modules are the FSDP units (this part runs without a GPU)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing, checkpoint_wrapper
+
+    model = _llama()
+    strategy = V1(checkpoint_layers=True, **kwargs)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert strategy._activation_checkpointing_kwargs == {"auto_wrap_policy": policy}
+    if strategy._unit_policy is not None:
+        strategy._unit_policy.bind(model)  # what FSDPStrategy._setup_model does before wrapping
+        names = {module: name for name, module in model.named_modules()}
+        assert sorted(names[m] for m in policy._run_policy(model, set(), {})) == expected
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, auto_wrap_policy=policy)
+    assert sorted(name for name, m in model.named_modules() if hasattr(m, "_checkpoint_wrapped_module")) == expected
+
+
 def test_the_argument_table_marks_fsdp_honoured() -> None:
     assert ARGUMENT_SUPPORT["fsdp"][0] == HONOURED and ARGUMENT_SUPPORT["fsdp_config"][0] == HONOURED
 
