@@ -27,6 +27,16 @@ from hf_lightning import distributed, fsdp_args
 from hf_lightning.arguments import ARGUMENT_SUPPORT, HONOURED, validate_arguments
 from tiny import RegressionDataset, TinyReg, tiny_llama_config
 
+
+@pytest.fixture(autouse=True)
+def _keep_fsdp_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TrainingArguments(fsdp=...) writes FSDP_CPU_RAM_EFFICIENT_LOADING into os.environ; undo it after each test."""
+    original = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", original or "false")  # recorded: restored (or removed) afterwards
+    if original is None:
+        monkeypatch.delenv("FSDP_CPU_RAM_EFFICIENT_LOADING")
+
+
 # ------------------------------------------------------------------------------- the mapping
 
 V2 = distributed.FSDP2Strategy

@@ -237,6 +237,10 @@ def main() -> None:
 
         sharded, full = (os.path.join(options.out, name, "out", "checkpoint-3") for name in options.compat.split(","))
         run(sharded, full, os.path.join(options.out, "compat"))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Join the process group's threads before the interpreter exits: left to static destruction they
+        # occasionally abort the process ("terminate called without an active exception") after a good run.
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
