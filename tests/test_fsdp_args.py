@@ -326,6 +326,8 @@ def fsdp_arg_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"llama:fsdp_args=checkpointing_rank0:{PERTURBED}:name=rank0",
         f"llama:fsdp_args=sharded:{PERTURBED}:name=perturbed",
         "llama:fsdp_args=full:save_only_model=true:name=full-weights-only",
+        "llama_tied:fsdp_args=sharded:name=tied",
+        f"llama_tied:fsdp_args=checkpointing_rank0:{PERTURBED}:name=tied-rank0",
     ):
         hl += ["--case", spec]
     dh.python("dist_run.py", *hl, timeout=240)
@@ -397,6 +399,15 @@ def test_cpu_ram_efficient_loading_trains_rank0s_weights(fsdp_arg_runs: Path) ->
     assert_same_history(hf, dh.result(fsdp_arg_runs / "hf" / "full")["log_history"], rel=1e-5)  # the perturbation was undone
     with pytest.raises(AssertionError):
         assert_same_history(hf, dh.result(fsdp_arg_runs / "hl" / "perturbed")["log_history"], rel=1e-3)
+
+
+@pytest.mark.distributed
+def test_cpu_ram_efficient_loading_keeps_tied_weights_tied(fsdp_arg_runs: Path) -> None:
+    """The model goes to `meta` and back through rank 0's broadcast: lm_head and the embeddings are one parameter again."""
+    tied, loaded = fsdp_arg_runs / "hl" / "tied", fsdp_arg_runs / "hl" / "tied-rank0"
+    assert_same_history(dh.result(tied)["log_history"], dh.result(loaded)["log_history"], rel=0)
+    dh.assert_same_tensors(dh.weights(tied / "final"), dh.weights(loaded / "final"), atol=0)
+    assert "lm_head.weight" not in dh.weights(loaded / "final")  # written once, as save_pretrained writes tied weights
 
 
 @pytest.mark.distributed
