@@ -111,9 +111,9 @@ else
     echo "gpu_check: $("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name(0), "| torch", torch.__version__)'); output in $OUT_DIR"
 fi
 
-GPU_TEST_FILES=$(grep -l "pytest.mark.gpu" tests/test_*.py | tr '\n' ' ')
+mapfile -t GPU_TEST_FILES < <(grep -l "pytest.mark.gpu" tests/test_*.py)
 skipped tests tests || run_step tests "${GPU_CHECK_TESTS_S:-185}" \
-    "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -o timeout=170 --continue-on-collection-errors $GPU_TEST_FILES
+    "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -o timeout=170 --continue-on-collection-errors "${GPU_TEST_FILES[@]}"
 skipped eager step-gpt2-bf16 || run_step step-gpt2-bf16 "${GPU_CHECK_EAGER_S:-60}" \
     "$PYTHON" benchmarks/gpu_check.py step gpt2-bf16 --rounds 1 --warmup-steps 10 --timed-steps 40 \
     --json "$OUT_DIR/step-gpt2-bf16.json" $SAVE_RESULTS $SMOKE
