@@ -17,6 +17,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .fsdp_args import fsdp_problems, ignored_fsdp_config_keys
 from .state import strategy_name
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,8 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "ddp_static_graph": (HONOURED, "passed to Lightning's DDPStrategy"),
     "ddp_backend": (HONOURED, "process group backend of Lightning's DDPStrategy"),
     "ddp_timeout": (HONOURED, "process group timeout of Lightning's DDP/FSDP strategies"),
-    "fsdp": (UNSUPPORTED, "accelerate's FSDP plugin; pass `strategy=FSDPStrategy(...)` or `ModelParallelStrategy` instead"),
-    "fsdp_config": (UNSUPPORTED, "see `fsdp`"),
+    "fsdp": (HONOURED, "FSDP2 -> `hf_lightning.distributed.FSDP2Strategy`, FSDP1 (CUDA) -> `FSDPStrategy`; full_shard/shard_grad_op/hybrid_shard/offload/auto_wrap mapped (docs/distributed.md), with transformers' checkpoint layouts"),
+    "fsdp_config": (HONOURED, "version, reshard_after_forward, auto_wrap_policy, transformer_layer_cls_to_wrap, min_num_params, cpu_offload, state_dict_type, activation_checkpointing, cpu_ram_efficient_loading (+ FSDP1's prefetch/sync options); xla and LOCAL_STATE_DICT: error"),
     "deepspeed": (UNSUPPORTED, "pass Lightning's `strategy=\"deepspeed_stage_N\"` instead; HF DeepSpeed folders are not written"),
     "debug": (UNSUPPORTED, "underflow/overflow debugging of transformers is not wired in"),
     "skip_memory_metrics": (HONOURED, "False: transformers' TrainerMemoryTracker adds `init_`/`train_mem_*` keys to the train summary and `eval_`/`test_mem_*` keys to `evaluate()`/`predict()` results"),
@@ -208,8 +209,6 @@ def unsupported_arguments(args: TrainingArguments) -> list[str]:
             continue
         value = getattr(args, name)
         default = _default_of(name)
-        if name in ("fsdp",) and (value in (None, "", [], False)):
-            continue
         if name == "debug" and (value in ("", [], None)):
             continue
         if value != default and value not in (None, False, "", [], {}):
@@ -306,6 +305,7 @@ def validate_arguments(
     problems: list[str] = []
     problems += unsupported_arguments(args)
     problems += _report_to_problems(resolve_report_to(args.report_to))
+    problems += fsdp_problems(args, optimizers=optimizers)  # fsdp/fsdp_config (fsdp_args.py)
     eval_strategy = strategy_name(args.eval_strategy)
     save_strategy = strategy_name(args.save_strategy)
     if has_eval_dataset is False and eval_strategy != "no":
@@ -342,6 +342,8 @@ def validate_arguments(
         problems.append(f"`warmup_steps` must be >= 0 (a count, or a ratio in [0, 1)), got {args.warmup_steps}.")
     if problems:
         raise ValueError("Invalid training configuration:\n  - " + "\n  - ".join(problems))
+    for key in ignored_fsdp_config_keys(args):
+        log.warning("`fsdp_config[%r]` is not read by transformers for this FSDP version, so hf_lightning ignores it too.", key)
 
 
 def schedule_problems(args: TrainingArguments) -> list[str]:

@@ -28,17 +28,19 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import nn
+from torch.distributed.fsdp.wrap import CustomPolicy, ModuleWrapPolicy
 from transformers import TrainingArguments
 from transformers.trainer import FSDP_MODEL_NAME, OPTIMIZER_NAME, OPTIMIZER_NAME_BIN
 from typing_extensions import override
 
-from . import hf_format
+from . import fsdp_args, hf_format
 from .hf_format import CheckpointError
 
 __all__ = [
     "FSDP2Strategy",
     "FSDPStrategy",
     "ddp_strategy",
+    "fsdp_strategy",
     "resolve_strategy",
     "several_processes",
     "prepare_launcher",
@@ -202,14 +204,25 @@ def several_processes(trainer_kwargs: Mapping[str, Any]) -> bool:
 
 
 def resolve_strategy(args: TrainingArguments, trainer_kwargs: Mapping[str, Any]) -> Any:
-    """The Lightning strategy for a run: the user's, a named FSDP one, or DDP for several processes.
+    """The Lightning strategy for a run: FSDP from ``args.fsdp``, the user's, a named FSDP one, or DDP for several processes.
 
-    DDP gets the ``ddp_*`` arguments (``ddp_strategy``). Lightning's own ``FSDPStrategy``/``ModelParallelStrategy``
-    write Lightning's checkpoint layout, so they are refused with the hf_lightning subclass to use instead.
+    ``fsdp``/``fsdp_config`` give ``FSDP2Strategy``/``FSDPStrategy`` (``fsdp_strategy``); with them, a ``strategy``
+    passed to Lightning is refused (two answers to one question). DDP gets the ``ddp_*`` arguments
+    (``ddp_strategy``). Lightning's own ``FSDPStrategy``/``ModelParallelStrategy`` write Lightning's checkpoint
+    layout, so they are refused with the hf_lightning subclass to use instead.
     """
     from datetime import timedelta
 
     strategy = trainer_kwargs.get("strategy")
+    if fsdp_args.fsdp_enabled(args):
+        if strategy not in (None, "auto"):
+            shown = strategy if isinstance(strategy, str) else f"{type(strategy).__name__}(...)"
+            raise ValueError(
+                f"`fsdp={args.fsdp!r}` (TrainingArguments) and `strategy={shown!r}` (lightning.Trainer) both choose how the "
+                "model is distributed; keep one: `fsdp`/`fsdp_config` (mapped onto hf_lightning's FSDP strategies), or "
+                "`strategy=` with `fsdp` unset."
+            )
+        return fsdp_strategy(args, trainer_kwargs)
     if strategy is None and several_processes(trainer_kwargs):
         return ddp_strategy(args)
     if strategy == "ddp":
@@ -225,6 +238,28 @@ def resolve_strategy(args: TrainingArguments, trainer_kwargs: Mapping[str, Any])
             f"`state_dict_type='full'|'sharded'`), or `strategy={name!r}`."
         )
     return strategy
+
+
+def fsdp_strategy(args: TrainingArguments, trainer_kwargs: Mapping[str, Any] | None = None) -> FSDP2Strategy | FSDPStrategy:
+    """``FSDP2Strategy`` (``fsdp_config['version']`` 2, the default) or ``FSDPStrategy`` (1) for ``args.fsdp``/``fsdp_config``.
+
+    The mapping of every option is ``fsdp_args.FSDPPlan.strategy_kwargs`` (table in docs/distributed.md); what
+    cannot be mapped raises ``ValueError`` (``fsdp_args.fsdp_problems``, also checked by ``validate_arguments``).
+    """
+    from datetime import timedelta
+
+    plan = fsdp_args.fsdp_plan(args)
+    if plan is None:
+        raise ValueError("`fsdp` is not set in these TrainingArguments.")
+    accelerator = (trainer_kwargs or {}).get("accelerator", "auto")
+    if plan.version == 1 and (accelerator == "cpu" or type(accelerator).__name__ == "CPUAccelerator"):
+        raise ValueError(
+            "`fsdp_config['version']=1` (FSDP1, Lightning's FSDPStrategy) needs CUDA GPUs, and `accelerator='cpu'` was "
+            "given; use `fsdp_config['version']=2` (FSDP2, which also runs on CPU over gloo)."
+        )
+    common = dict(process_group_backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout))
+    cls = FSDP2Strategy if plan.version == 2 else FSDPStrategy
+    return cls(**plan.strategy_kwargs(), **common)
 
 
 class _HFShardedCheckpoints:
@@ -287,11 +322,10 @@ class _HFShardedCheckpoints:
                 checkpoint["state_dict"] = share_tied(self.model, _model_state(self.model, full=True))  # type: ignore[attr-defined]
         else:
             checkpoint["state_dict"] = share_tied(self.model, model_state or {})  # type: ignore[attr-defined]
-            if is_zero:
+            if is_zero and optimizer_states:  # accelerate's save_fsdp_model/optimizer; not with save_only_model (§1.3)
                 path.mkdir(parents=True, exist_ok=True)
                 hf_format.save_torch(_strip(model_state or {}), path / FSDP_MODEL_FILE)
-                if optimizer_states:
-                    hf_format.save_torch(_strip_optimizer(optimizer_states[0]), path / OPTIMIZER_NAME_BIN)
+                hf_format.save_torch(_strip_optimizer(optimizer_states[0]), path / OPTIMIZER_NAME_BIN)
         if is_zero:
             self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)  # type: ignore[attr-defined]
             if "state_dict" not in checkpoint:
@@ -340,6 +374,8 @@ class FSDP2Strategy(_HFShardedCheckpoints, ModelParallelStrategy):
 
     Each transformer block (the model's ``_no_split_modules`` classes, or ``shard_layers``) becomes
     one FSDP unit and the model its root, as accelerate's FSDP2 auto-wrap does; runs on CPU (gloo) too.
+    ``TrainingArguments.fsdp``/``fsdp_config`` (version 2) map onto these arguments (``fsdp_strategy``).
+    Under ``bf16`` on CUDA the units gather and reduce in bf16 (``MixedPrecisionPolicy``), as accelerate does.
 
     Args:
         state_dict_type: ``"sharded"`` (``pytorch_model_fsdp_0/`` + ``optimizer_0/`` via
@@ -348,8 +384,15 @@ class FSDP2Strategy(_HFShardedCheckpoints, ModelParallelStrategy):
         save_consolidated: with ``"sharded"``, also write the gathered ``model.safetensors`` + config
             at every save (costs a full copy of the weights on rank 0).
         shard_layers: module classes (or class names) to shard as separate units; default the
-            model's ``_no_split_modules``.
-        reshard_after_forward: ``fully_shard``'s option (True: ZeRO-3, False: ZeRO-2-like).
+            model's ``_no_split_modules``; ``[]``: the root only (``NO_WRAP``).
+        min_num_params: instead of ``shard_layers``, every module with more than this many parameters
+            is a unit (``SIZE_BASED_WRAP``); modules holding one end of a tied parameter stay in the root.
+        reshard_after_forward: ``fully_shard``'s option for the units (True: ZeRO-3, False: ZeRO-2-like);
+            the root follows torch's default (kept gathered after forward), as accelerate does.
+        cpu_offload: sharded parameters, gradients and optimizer step live on the CPU (``CPUOffloadPolicy``).
+        checkpoint_layers: activation checkpointing (``checkpoint_wrapper``) of every unit, before sharding.
+        cpu_ram_efficient_loading: the weights are rank 0's, broadcast into the shards after sharding; the
+            model is moved to ``meta`` first, so the other ranks drop their copy.
         kwargs: ``ModelParallelStrategy`` arguments (``process_group_backend``, ``timeout``, ...).
     """
 
@@ -359,7 +402,11 @@ class FSDP2Strategy(_HFShardedCheckpoints, ModelParallelStrategy):
         *,
         save_consolidated: bool = False,
         shard_layers: list[type[nn.Module] | str] | None = None,
+        min_num_params: int | None = None,
         reshard_after_forward: bool = True,
+        cpu_offload: bool = False,
+        checkpoint_layers: bool = False,
+        cpu_ram_efficient_loading: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("tensor_parallel_size", 1)
@@ -369,12 +416,17 @@ class FSDP2Strategy(_HFShardedCheckpoints, ModelParallelStrategy):
                 f"`tensor_parallel_size` unset (got tensor_parallel_size={kwargs['tensor_parallel_size']!r}, "
                 f"data_parallel_size={kwargs.get('data_parallel_size', 'auto')!r})."
             )
+        _check_unit_options(shard_layers, min_num_params, checkpoint_layers)
         kwargs["tensor_parallel_size"] = 1
         kwargs.pop("save_distributed_checkpoint", None)
         super().__init__(save_distributed_checkpoint=state_dict_type != "full", **kwargs)
         self._init_hf(state_dict_type, save_consolidated)
         self.shard_layers = shard_layers
+        self.min_num_params = min_num_params
         self.reshard_after_forward = reshard_after_forward
+        self.cpu_offload = bool(cpu_offload)
+        self.checkpoint_layers = bool(checkpoint_layers)
+        self.cpu_ram_efficient_loading = bool(cpu_ram_efficient_loading)
 
     @override
     def setup_environment(self) -> None:
@@ -391,8 +443,32 @@ class FSDP2Strategy(_HFShardedCheckpoints, ModelParallelStrategy):
         module = self.lightning_module
         model = getattr(module, "model", None)
         if isinstance(model, nn.Module) and not _has_fsdp2(model):
-            shard_model(model, self.device_mesh["data_parallel"], self.shard_layers, self.reshard_after_forward)
+            policy = unit_policy(model, self.shard_layers, self.min_num_params)
+            if self.checkpoint_layers:
+                checkpoint_units(model, policy)
+            loading = _RankZeroWeights(model, is_zero=self.global_rank == 0) if self.cpu_ram_efficient_loading else None
+            shard_model(
+                model,
+                self.device_mesh["data_parallel"],
+                reshard_after_forward=self.reshard_after_forward,
+                policy=policy,
+                cpu_offload=self.cpu_offload,
+                mp_policy=_fsdp2_mixed_precision(self.precision_plugin, self.root_device),
+            )
+            if loading is not None:
+                loading.broadcast(model, self.root_device, cpu_offload=self.cpu_offload)
         super().setup(trainer)
+
+    @override
+    def model_to_device(self) -> None:
+        if not self.cpu_offload:
+            super().model_to_device()
+            return
+        # `.to()` on CPU-offloaded FSDP2 parameters raises: move only what FSDP does not manage.
+        inner = getattr(self.lightning_module, "model", None)
+        for child in self.model.children():  # type: ignore[union-attr]
+            if child is not inner:
+                child.to(self.root_device)
 
 
 class FSDPStrategy(_HFShardedCheckpoints, LightningFSDPStrategy):
@@ -400,11 +476,49 @@ class FSDPStrategy(_HFShardedCheckpoints, LightningFSDPStrategy):
 
     Takes every argument of Lightning's ``FSDPStrategy``; ``state_dict_type`` (``"full"`` by default,
     or ``"sharded"``) selects accelerate's full or sharded layout, and ``save_consolidated`` also
-    writes ``model.safetensors`` at sharded saves. Without ``auto_wrap_policy`` each of the model's
-    ``_no_split_modules`` blocks is wrapped.
+    writes ``model.safetensors`` at sharded saves. Without ``auto_wrap_policy`` the units are the
+    model's ``_no_split_modules`` blocks (or ``shard_layers``, or modules above ``min_num_params``).
+    ``TrainingArguments.fsdp``/``fsdp_config`` (version 1) map onto these arguments (``fsdp_strategy``).
+
+    Args:
+        shard_layers: module classes (or names) wrapped as units; ``[]``: the root only.
+        min_num_params: ``size_based_auto_wrap_policy`` instead (0: no wrapping, as accelerate).
+        checkpoint_layers: activation checkpointing of the units (Lightning's ``activation_checkpointing_policy``).
+        cpu_ram_efficient_loading: rank 0's weights are broadcast (``sync_module_states=True``).
+        backward_prefetch: torch's ``BackwardPrefetch`` or its name (``"BACKWARD_PRE"``, ``"BACKWARD_POST"``).
     """
 
-    def __init__(self, *args: Any, state_dict_type: StateDictType = "full", save_consolidated: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        state_dict_type: StateDictType = "full",
+        save_consolidated: bool = False,
+        shard_layers: list[type[nn.Module] | str] | None = None,
+        min_num_params: int | None = None,
+        checkpoint_layers: bool = False,
+        cpu_ram_efficient_loading: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        _check_unit_options(shard_layers, min_num_params, checkpoint_layers)
+        if kwargs.get("auto_wrap_policy") is not None and (shard_layers is not None or min_num_params is not None):
+            raise ValueError("Pass either `auto_wrap_policy` or `shard_layers`/`min_num_params` to FSDPStrategy, not both.")
+        self._unit_policy: _LayerWrapPolicy | None = None
+        if kwargs.get("auto_wrap_policy") is None:
+            if min_num_params is not None:
+                kwargs["auto_wrap_policy"] = _size_policy(min_num_params)
+            else:
+                self._unit_policy = _LayerWrapPolicy(shard_layers)
+                kwargs["auto_wrap_policy"] = self._unit_policy
+        if checkpoint_layers:
+            if kwargs.get("activation_checkpointing") is not None or kwargs.get("activation_checkpointing_policy") is not None:
+                raise ValueError("Pass either `checkpoint_layers=True` or `activation_checkpointing(_policy)` to FSDPStrategy, not both.")
+            kwargs["activation_checkpointing_policy"] = kwargs["auto_wrap_policy"]
+        if cpu_ram_efficient_loading:
+            kwargs["sync_module_states"] = True
+        if isinstance(kwargs.get("backward_prefetch"), str):
+            from torch.distributed.fsdp import BackwardPrefetch
+
+            kwargs["backward_prefetch"] = BackwardPrefetch[kwargs["backward_prefetch"].upper()]
         super().__init__(*args, state_dict_type="full" if str(state_dict_type).lower().startswith("full") else "sharded", **kwargs)
         self._init_hf(state_dict_type, save_consolidated)
 
@@ -415,16 +529,48 @@ class FSDPStrategy(_HFShardedCheckpoints, LightningFSDPStrategy):
 
     @override
     def _setup_model(self, model: nn.Module) -> nn.Module:
-        if "auto_wrap_policy" not in self.kwargs:
-            classes = _layer_classes(getattr(model, "model", model), None)
-            if classes:
-                from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
-                self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes)
+        if self._unit_policy is not None:
+            self._unit_policy.bind(getattr(model, "model", model))
         return super()._setup_model(model)
 
 
-# ------------------------------------------------------------------------------- FSDP2 sharding
+def _check_unit_options(shard_layers: Any, min_num_params: int | None, checkpoint_layers: bool) -> None:
+    if shard_layers is not None and min_num_params is not None:
+        raise ValueError(
+            f"`shard_layers={shard_layers!r}` and `min_num_params={min_num_params!r}` both choose the FSDP units; pass one "
+            "(transformers: `auto_wrap_policy` TRANSFORMER_BASED_WRAP or SIZE_BASED_WRAP)."
+        )
+    if min_num_params is not None and (not isinstance(min_num_params, int) or min_num_params < 0):
+        raise ValueError(f"`min_num_params={min_num_params!r}` must be an integer >= 0.")
+    if checkpoint_layers and shard_layers is not None and len(shard_layers) == 0:
+        raise ValueError("`checkpoint_layers=True` checkpoints the FSDP units, and `shard_layers=[]` makes none; name the layers to checkpoint.")
+
+
+# ------------------------------------------------------------------------------- FSDP units
+
+
+class _LayerWrapPolicy(ModuleWrapPolicy):
+    """``ModuleWrapPolicy`` over classes named at construction (default: the model's ``_no_split_modules``),
+    resolved against the model by ``bind`` when Lightning wraps it (an unknown name is an error, as in accelerate)."""
+
+    def __init__(self, names: list[type[nn.Module] | str] | None) -> None:
+        super().__init__(())
+        self.names = names
+
+    def bind(self, model: nn.Module) -> None:
+        self._module_classes = set(_layer_classes(model, self.names))
+        self._module_classes_str = str(self._module_classes)
+
+
+def _size_policy(min_num_params: int) -> Any:
+    """accelerate's FSDP1 size-based policy: ``size_based_auto_wrap_policy``; 0 means no wrapping."""
+    if min_num_params <= 0:
+        return CustomPolicy(lambda module: False)
+    import functools
+
+    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
+
+    return functools.partial(size_based_auto_wrap_policy, min_num_params=min_num_params)
 
 
 def _has_fsdp2(module: nn.Module) -> bool:
@@ -443,23 +589,152 @@ def _layer_classes(model: nn.Module, names: list[type[nn.Module] | str] | None) 
         elif item in by_name:
             classes.add(by_name[item])
         elif names is not None:
-            raise ValueError(f"`shard_layers` names {item!r}, which is not a module class of {type(model).__name__}; it has {sorted(by_name)}.")
+            raise ValueError(
+                f"`shard_layers` (transformers: `fsdp_config['transformer_layer_cls_to_wrap']`) names {item!r}, which is not "
+                f"a module class of {type(model).__name__}; it has {sorted(by_name)}."
+            )
     return classes
 
 
-def shard_model(model: nn.Module, mesh: Any, layers: list[type[nn.Module] | str] | None = None, reshard_after_forward: bool = True) -> nn.Module:
-    """``fully_shard`` each transformer block, then the whole model (accelerate's FSDP2 auto-wrap).
+def unit_policy(model: nn.Module, layers: list[type[nn.Module] | str] | None = None, min_num_params: int | None = None) -> Any:
+    """Which submodules of ``model`` become FSDP2 units, as accelerate's ``fsdp2_prepare_auto_wrap_policy`` decides.
 
-    Tied parameters (``lm_head``/embeddings) stay in the root unit, so they remain one parameter.
+    Transformer blocks (``layers``, default ``_no_split_modules``; ``[]``: none), or (``min_num_params``) every
+    module with more than that many parameters. A ``checkpoint_wrapper`` counts as the module it wraps.
+    Modules holding one end of a tied parameter (embeddings/``lm_head``) are never units: the tie lives in the root.
+    Nor are containers without a forward (``ModuleList``/``ModuleDict``), which ``fully_shard`` refuses.
     """
-    from torch.distributed.fsdp import fully_shard
+    tied = _tied_holders(model)
+    if min_num_params is not None:
+        def by_size(module: nn.Module) -> bool:
+            inner = getattr(module, "_checkpoint_wrapped_module", module)
+            if inner in tied or (isinstance(inner, (nn.ModuleList, nn.ModuleDict)) and type(inner).forward is nn.Module.forward):
+                return False
+            return sum(p.numel() for p in module.parameters()) > min_num_params
 
-    classes = _layer_classes(model, layers)
-    for module in list(model.modules()):
-        if module is not model and isinstance(module, tuple(classes)):
-            fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        return by_size
+    classes = tuple(_layer_classes(model, layers))
+
+    def by_class(module: nn.Module) -> bool:
+        inner = getattr(module, "_checkpoint_wrapped_module", module)
+        return bool(classes) and inner not in tied and isinstance(inner, classes)
+
+    return by_class
+
+
+def _tied_holders(model: nn.Module) -> set[nn.Module]:
+    """Modules that contain some but not all references of a tied parameter."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    shared = [ns for ns in names.values() if len(ns) > 1]
+    if not shared:
+        return set()
+    holders = set()
+    for prefix, module in model.named_modules():
+        if not prefix:
+            continue
+        for ns in shared:
+            inside = [n.startswith(prefix + ".") for n in ns]
+            if any(inside) and not all(inside):
+                holders.add(module)
+    return holders
+
+
+def _bottom_up(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``model``'s submodules, every module after its descendants, the root excluded."""
+    return [(name, module) for name, module in reversed(list(model.named_modules())) if module is not model]
+
+
+def checkpoint_units(model: nn.Module, policy: Any) -> None:
+    """accelerate's ``fsdp2_apply_ac``: ``checkpoint_wrapper(preserve_rng_state=False)`` around each unit, bottom-up."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for name, module in _bottom_up(model):
+        if policy(module):
+            model.set_submodule(name, checkpoint_wrapper(module, preserve_rng_state=False))
+
+
+def shard_model(
+    model: nn.Module,
+    mesh: Any,
+    layers: list[type[nn.Module] | str] | None = None,
+    reshard_after_forward: bool = True,
+    *,
+    policy: Any = None,
+    cpu_offload: bool = False,
+    mp_policy: Any = None,
+) -> nn.Module:
+    """``fully_shard`` each unit (``policy``, default ``unit_policy(model, layers)``), bottom-up, then the whole model.
+
+    As accelerate's ``fsdp2_prepare_model``: a checkpoint wrapper is sharded instead of the module it wraps,
+    and the root keeps torch's default ``reshard_after_forward``. Tied parameters (``lm_head``/embeddings)
+    stay in the root unit, so they remain one parameter.
+    """
+    import torch
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    policy = policy if policy is not None else unit_policy(model, layers)
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
+    kwargs: dict[str, Any] = dict(mesh=mesh, offload_policy=offload, mp_policy=mp_policy or MixedPrecisionPolicy())
+    wrapped = {m._checkpoint_wrapped_module for m in model.modules() if hasattr(m, "_checkpoint_wrapped_module")}
+    for _, module in _bottom_up(model):
+        if module in wrapped or isinstance(module, FSDPModule):
+            continue
+        if policy(module):
+            fully_shard(module, reshard_after_forward=reshard_after_forward, **kwargs)
+    fully_shard(model, **kwargs)
     return model
+
+
+def _fsdp2_mixed_precision(precision_plugin: Any, device: torch.device) -> Any:
+    """accelerate's FSDP2 ``MixedPrecisionPolicy`` under bf16 (parameters gathered, gradients reduced in bf16), on CUDA."""
+    if getattr(precision_plugin, "precision", None) != "bf16-mixed" or device.type != "cuda":
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
+
+
+class _RankZeroWeights:
+    """``cpu_ram_efficient_loading`` for FSDP2, as accelerate's ``fsdp2_prepare_model`` does it.
+
+    Before sharding: rank 0 keeps its state dict, every rank keeps its non-persistent buffers (not in any state
+    dict), and the model moves to ``meta`` (the other ranks' weights are freed). After sharding, ``broadcast``
+    fills the shards from rank 0 (accelerate's ``fsdp2_load_full_state_dict``), puts the buffers back and re-ties.
+    """
+
+    def __init__(self, model: nn.Module, *, is_zero: bool) -> None:
+        import copy
+
+        self.is_zero = is_zero
+        self.state = model.state_dict() if is_zero else {}
+        self.buffers = {
+            f"{prefix}.{name}" if prefix else name: copy.deepcopy(getattr(module, name))
+            for prefix, module in model.named_modules()
+            for name in module._non_persistent_buffers_set
+            if getattr(module, name, None) is not None
+        }
+        model.to(torch.device("meta"))
+        _tie(model)
+
+    def broadcast(self, model: nn.Module, device: torch.device, *, cpu_offload: bool) -> None:
+        from types import SimpleNamespace
+
+        from accelerate.utils.fsdp_utils import fsdp2_load_full_state_dict
+
+        fsdp2_load_full_state_dict(SimpleNamespace(is_main_process=self.is_zero, device=device), model, self.state, cpu_offload=cpu_offload)
+        for name, buffer in self.buffers.items():
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner).register_buffer(attr, buffer.to(device), persistent=False)
+        _tie(model)
+        self.state = {}
+
+
+def _tie(model: nn.Module) -> None:
+    tie = getattr(model, "tie_weights", None)
+    if callable(tie):
+        tie()
 
 
 # ------------------------------------------------------------------------- FSDP state dicts

@@ -116,6 +116,9 @@ class Trainer(transformers.Trainer):
 
         report_to = args.report_to  # transformers does not know report_to names only Lightning serves ("csv")
         args.report_to = [name for name in resolve_report_to(report_to) if name in INTEGRATION_TO_CALLBACK]
+        # fsdp is Lightning's strategy here (distributed.fsdp_strategy); transformers' __init__ would refuse it in a
+        # process that is not distributed yet (the one Lightning's launcher starts the other ranks from).
+        fsdp, args.fsdp = args.fsdp, None
         try:
             super().__init__(
                 model=model,
@@ -134,6 +137,7 @@ class Trainer(transformers.Trainer):
             )
         finally:
             args.report_to = report_to
+            args.fsdp = fsdp
         self._memory_tracker = MemoryTracker.adopt(self._memory_tracker)
         # report_to integrations that Lightning loggers carry (tensorboard, csv, wandb, ...) leave the callback list.
         for name in resolve_report_to(self.args.report_to):

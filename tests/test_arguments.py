@@ -50,8 +50,6 @@ UNSUPPORTED_VALUES = {
     "liger_kernel_config": {"rope": True},
     "push_to_hub": True,
     "parallelism_config": "tp=2",
-    "fsdp": "full_shard",
-    "fsdp_config": {"version": 2, "xla": True},
     "deepspeed": "ds_config.json",
     "debug": "underflow_overflow",
     "save_on_each_node": True,

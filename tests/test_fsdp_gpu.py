@@ -18,6 +18,10 @@ from helpers import assert_same_history
 pytestmark = [pytest.mark.gpu, pytest.mark.distributed]
 
 KINDS = ("fsdp_full", "fsdp_sharded", "fsdp2_full", "fsdp2_sharded")
+# TrainingArguments' own fsdp/fsdp_config, the same for both frameworks (presets of tests/scripts/dist_run.py):
+# FSDP1 shard_grad_op + sharded + activation checkpointing + backward prefetch; FSDP2 with CPU offload (on CPU
+# the offload policy moves nothing, so only here is it really exercised).
+ARG_PRESETS = ("v1_sharded", "offload")
 
 
 def _nproc() -> int:
@@ -41,6 +45,9 @@ def gpu_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         hf += ["--case", f"llama:strategy={kind}:bf16=true:name={kind}"]
         # transformers resumes hf_lightning's checkpoint under the same FSDP setting
         hf += ["--case", f"llama:strategy={kind}:bf16=true:resume=3:name={kind}-from-hl:source={out / 'hl' / kind / 'out'}"]
+    for preset in ARG_PRESETS:
+        hl += ["--case", f"llama:fsdp_args={preset}:bf16=true:name=args-{preset}"]
+        hf += ["--case", f"llama:fsdp_args={preset}:bf16=true:name=args-{preset}"]
     dh.torchrun("dist_run.py", *hl, nproc=_nproc(), timeout=600)
     dh.torchrun("dist_run.py", *hf, nproc=_nproc(), timeout=600)
     return out
@@ -78,3 +85,23 @@ def test_transformers_resumes_hf_lightning_fsdp_checkpoint(gpu_runs: Path, kind:
     theirs = dh.result(gpu_runs / "hf" / f"{kind}-from-hl")["log_history"]
     after = [e for e in ours if e["step"] > 3 and "train_runtime" not in e]
     assert_same_history(after, [e for e in theirs if e["step"] > 3 and "train_runtime" not in e], rel=2e-2)
+
+
+@pytest.mark.parametrize("preset", ARG_PRESETS)
+def test_fsdp_arguments_match_transformers_fsdp(gpu_runs: Path, preset: str) -> None:
+    """The same `fsdp`/`fsdp_config` in both frameworks: transformers really shards here (accelerate's plugin)."""
+    hf, hl = dh.result(gpu_runs / "hf" / f"args-{preset}"), dh.result(gpu_runs / "hl" / f"args-{preset}")
+    assert hf["fsdp_enabled"] is True and hl["strategy"] == ("FSDPStrategy" if preset.startswith("v1") else "FSDP2Strategy")
+    assert_same_history(hf["log_history"], hl["log_history"], rel=2e-2)
+    # activation checkpointing of the same blocks (FSDP1 names carry the wrappers' `_fsdp_wrapped_module`)
+    assert _unwrapped(hl["sharding"]["checkpointed"]) == _unwrapped(hf["sharding"]["checkpointed"])
+    assert bool(hl["sharding"]["checkpointed"]) is (preset == "v1_sharded")
+    for name in ("checkpoint-3", "checkpoint-6"):
+        ours, theirs = set(hl["checkpoints"][name]), set(hf["checkpoints"][name])
+        assert theirs <= ours and ours - theirs <= {"config.json", "generation_config.json", "training_args.bin", "tokenizer.json", "tokenizer_config.json"}
+
+
+def _unwrapped(names: list[str]) -> list[str]:
+    import re
+
+    return sorted(re.sub(r"(^|\.)_fsdp_wrapped_module", "", name).lstrip(".") for name in names)

@@ -36,7 +36,8 @@ from dist_cases import get_case  # noqa: E402
 
 def parse_run(spec: str) -> dict:
     case, *options = spec.split(":")
-    run = {"case": case, "resume": None, "strategy": "ddp", "name": case, "args": {}, "source": None, "subclass": None}
+    run = {"case": case, "resume": None, "strategy": "ddp", "name": case, "args": {}, "source": None, "subclass": None,
+           "fsdp_args": None, "perturb": 0.0}
     for option in options:
         key, _, value = option.partition("=")
         if key == "resume":
@@ -49,6 +50,10 @@ def parse_run(spec: str) -> dict:
             run["source"] = value
         elif key == "subclass":  # a subclass body of tests/overrides.py applied to the Trainer class
             run["subclass"] = value
+        elif key == "fsdp_args":  # a preset of FSDP_ARG_PRESETS: the same fsdp/fsdp_config for both frameworks
+            run["fsdp_args"] = value
+        elif key == "perturb":  # ranks > 0 start from other weights (what cpu_ram_efficient_loading must undo)
+            run["perturb"] = float(value)
         else:  # any other key=value is a TrainingArguments override (int/float/str)
             run["args"][key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
     if run["resume"] is not None and run["name"] == case:
@@ -78,6 +83,48 @@ def transformers_fsdp_args(name: str, layer: str | None) -> dict:
     return {"fsdp": "full_shard auto_wrap", "fsdp_config": config}
 
 
+# TrainingArguments' own fsdp/fsdp_config, given to both frameworks (``--case llama:fsdp_args=NAME``): transformers
+# maps them onto accelerate's plugin (on CPU it falls back to DDP), hf_lightning onto its FSDP strategies.
+FSDP_ARG_PRESETS: dict[str, dict] = {
+    "full": {"fsdp": "full_shard auto_wrap", "fsdp_config": {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}},
+    "sharded": {"fsdp": True, "fsdp_config": {"fsdp_version": 2, "state_dict_type": "SHARDED_STATE_DICT"}},
+    "grad_op_size": {"fsdp": "shard_grad_op", "fsdp_config": {"auto_wrap_policy": "SIZE_BASED_WRAP", "min_num_params": 3000,
+                                                              "state_dict_type": "SHARDED_STATE_DICT"}},
+    "no_wrap": {"fsdp": True, "fsdp_config": {"auto_wrap_policy": "NO_WRAP"}},
+    "checkpointing_rank0": {"fsdp": True, "fsdp_config": {"activation_checkpointing": True, "cpu_ram_efficient_loading": True,
+                                                          "state_dict_type": "SHARDED_STATE_DICT"}},
+    "offload": {"fsdp": "full_shard offload", "fsdp_config": {"state_dict_type": "SHARDED_STATE_DICT"}},
+    # FSDP1 (CUDA only)
+    "v1_full": {"fsdp": "full_shard auto_wrap", "fsdp_config": {"version": 1}},
+    "v1_sharded": {"fsdp": "shard_grad_op", "fsdp_config": {"version": 1, "state_dict_type": "SHARDED_STATE_DICT",
+                                                            "activation_checkpointing": True, "backward_prefetch": "BACKWARD_PRE"}},
+}
+
+
+def fsdp_preset(name: str) -> dict:
+    import copy
+
+    return copy.deepcopy(FSDP_ARG_PRESETS[name])
+
+
+def describe_sharding(model) -> dict:
+    """The FSDP2 units of ``model`` (module name -> reshard after forward, offload, parameter dtype) and its checkpointed modules."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = {}
+    for name, module in model.named_modules():
+        if isinstance(module, FSDPModule):
+            group = module._get_fsdp_state()._fsdp_param_group
+            units[name or "<root>"] = None if group is None else {
+                "reshard_after_forward": group.post_forward_mesh_info is not None,
+                "offload": type(group.offload_policy).__name__,
+                "param_dtype": str(group.mp_policy.param_dtype),
+                "params": len(group.fsdp_params),
+            }
+    checkpointed = [name for name, module in model.named_modules() if hasattr(module, "_checkpoint_wrapped_module")]
+    return {"units": units, "checkpointed": checkpointed}
+
+
 def rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else int(os.environ.get("RANK", 0))
 
@@ -95,6 +142,12 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
     if framework == "hf":
         layer = next(iter(getattr(model, "_no_split_modules", None) or []), None)
         args.update(transformers_fsdp_args(spec["strategy"], layer))
+    if spec["fsdp_args"]:
+        args.update(fsdp_preset(spec["fsdp_args"]))
+    if spec["perturb"] and rank() > 0:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(spec["perturb"])
     seen: list = []
 
     def record(module, a, kwargs):
@@ -147,6 +200,12 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
         }
         with open(os.path.join(folder, "result.json"), "w") as f:
             result = {"log_history": trainer.state.log_history, "checkpoints": checkpoints, "evaluate": evaluated}
+            if spec["fsdp_args"]:
+                result["fsdp_enabled"] = bool(getattr(trainer, "is_fsdp_enabled", False))
+                result["wrapper"] = type(trainer.model_wrapped).__name__
+                result["sharding"] = describe_sharding(trainer.model)
+                if framework == "hl":
+                    result["strategy"] = type(trainer.lightning_trainer.strategy).__name__
             if predicted is not None:
                 predictions = torch.as_tensor(predicted.predictions).double()
                 result["predict"] = {
@@ -178,6 +237,10 @@ def main() -> None:
 
         sharded, full = (os.path.join(options.out, name, "out", "checkpoint-3") for name in options.compat.split(","))
         run(sharded, full, os.path.join(options.out, "compat"))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Join the process group's threads before the interpreter exits: left to static destruction they
+        # occasionally abort the process ("terminate called without an active exception") after a good run.
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
