@@ -36,3 +36,19 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory):
     from tiny import write_tokenizer
 
     return write_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+_LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_launch_environment():
+    """A test that starts a process group in this process (one-process FSDP2, launcher units) leaves Lightning's
+    launch variables in os.environ; a later test (or the notebook's kernel) would then try to join that group."""
+    before = {name: os.environ.get(name) for name in _LAUNCH_VARIABLES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
