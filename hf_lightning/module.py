@@ -128,6 +128,7 @@ class HFModule(pl.LightningModule):
         self._step_optimizer: Any = None
         self._step_scheduler: Any = None
         self._scaler: Any = None
+        self._plateau = False
         self._defers_sync = True
         self._plain_transfer = False
         self._device_for_batches: Any = None
@@ -391,7 +392,7 @@ class HFModule(pl.LightningModule):
         scale_before = scaler.get_scale() if scaler is not None else None
         optimizer.step()
         self._event("on_optimizer_step")
-        plateau = is_plateau_scheduler(scheduler)
+        plateau = self._plateau
         inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
         self._learning_rate = inner.param_groups[0]["lr"] if plateau or scheduler is None else scheduler.get_last_lr()[0]
         self.step_was_skipped = scaler is not None and scaler.get_scale() < scale_before
@@ -414,6 +415,7 @@ class HFModule(pl.LightningModule):
         clear_train_mode_cache(self.model)
         trainer = self.trainer
         self._step_optimizer, self._step_scheduler = self.optimizers(), self.lr_schedulers()
+        self._plateau = is_plateau_scheduler(self._step_scheduler)
         self._scaler = getattr(trainer.precision_plugin, "scaler", None)
         self._defers_sync = distributed.is_distributed(trainer.strategy) or distributed.is_sharded(trainer.strategy)
         self._device_for_batches = trainer.strategy.root_device
