@@ -10,6 +10,7 @@ transformers.Trainer itself. Plain Lightning ``.ckpt`` files still load through 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import lightning.pytorch as pl
@@ -45,6 +46,19 @@ class HFCheckpointIO(CheckpointIO):
                 "to the checkpoint; this LightningModule is not an HFModule."
             )
         os.makedirs(path, exist_ok=True)
+        # The optimizer state (twice the weights, for Adam) is written by a second thread while the model files are
+        # written here, and every file is flushed to disk as soon as it is complete: the save blocks training for
+        # about the time of its largest file instead of the sum. Errors surface from result() below.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hf_checkpoint_write") as pool:
+            pending = []
+            if checkpoint.get("optimizer_states"):
+                optimizer_file = os.path.join(path, hf_format.OPTIMIZER_NAME)
+                pending.append(pool.submit(_write_and_flush, checkpoint["optimizer_states"][0], optimizer_file))
+            self._write_rest(checkpoint, extras, model, path, pool, pending)
+            for future in pending:
+                future.result()
+
+    def _write_rest(self, checkpoint: dict[str, Any], extras: dict[str, Any], model: Any, path: Any, pool: Any, pending: list) -> None:
         if "state_dict" in checkpoint and not extras.get("model_written"):  # absent: a sharded strategy (distributed.py)
             # or the host's own save_model wrote the weights
             state_dict = {k[len(MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
@@ -56,8 +70,8 @@ class HFCheckpointIO(CheckpointIO):
                 data_collator=extras.get("data_collator"),
                 args=extras.get("args"),
             )
-        if checkpoint.get("optimizer_states"):
-            hf_format.save_torch(checkpoint["optimizer_states"][0], os.path.join(path, hf_format.OPTIMIZER_NAME))
+            pending.extend(pool.submit(hf_format.flush_file, os.path.join(path, name)) for name in os.listdir(path)
+                           if name != hf_format.OPTIMIZER_NAME and os.path.isfile(os.path.join(path, name)))
         if checkpoint.get("lr_schedulers"):
             hf_format.save_torch(checkpoint["lr_schedulers"][0], os.path.join(path, hf_format.SCHEDULER_NAME))
         for key in _PRECISION_KEYS:
@@ -91,6 +105,11 @@ class HFCheckpointIO(CheckpointIO):
             hf_format.delete_checkpoint(path)
         elif os.path.exists(path):
             os.remove(path)
+
+
+def _write_and_flush(obj: Any, path: str) -> None:
+    hf_format.save_torch(obj, path)
+    hf_format.flush_file(path)
 
 
 def load_hf_checkpoint(path: str, *, with_weights: bool = True, steps_in_use: Any = ()) -> dict[str, Any]:

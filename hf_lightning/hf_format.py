@@ -467,11 +467,16 @@ def publish_checkpoint(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike,
         shutil.rmtree(old, ignore_errors=True)
 
 
+def flush_file(path: str | os.PathLike) -> None:
+    """fsync one written file (``publish_checkpoint`` fsyncs the whole folder again: cheap once flushed)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
+            flush_file(path)
     _fsync_dir(folder)
 
 
