@@ -188,6 +188,8 @@ def adopt_trainer(trainer: pl.Trainer, args: TrainingArguments) -> list[Callback
     trainer.accumulate_grad_batches = 1
     trainer.gradient_clip_val = None
     trainer.num_sanity_val_steps = 0
+    trainer.log_every_n_steps = 1  # logging follows logging_steps (HFFlowCallback); no "smaller than the logging interval"
+    _add_report_to_loggers(trainer, args)
     for loop in (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop, trainer.test_loop):
         loop.inference_mode = False  # as build_trainer: tensors a model caches while evaluating stay usable in training
     if type(trainer.profiler) is PassThroughProfiler:
@@ -214,6 +216,34 @@ def adopt_trainer(trainer: pl.Trainer, args: TrainingArguments) -> list[Callback
     if type(trainer.progress_bar_callback) is TQDMProgressBar:
         callbacks.append(HFProgressBar())  # replaces Lightning's bar (one bar per epoch, "Validation DataLoader 0")
     return callbacks
+
+
+def _add_report_to_loggers(trainer: pl.Trainer, args: TrainingArguments) -> None:
+    """``report_to``'s loggers join the ones the user gave the trainer, as in ``build_trainer``; they replace
+    Lightning's default logger (``logger=True``, which nobody asked for), and ``logger=False`` contradicts them."""
+    wanted, _ = make_loggers(args)  # the other integrations run as TrainerCallbacks (HFFlowCallback)
+    if not wanted:
+        return
+    current = list(trainer.loggers)
+    if not current:
+        raise ValueError(
+            f"`logger=False` (lightning.Trainer) contradicts `report_to={args.report_to!r}` (TrainingArguments): "
+            "set `report_to='none'` for no loggers, or give the trainer a logger."
+        )
+    if len(current) == 1 and _is_default_logger(current[0], trainer):
+        current = []
+    trainer.loggers = current + wanted
+
+
+def _is_default_logger(logger: Any, trainer: pl.Trainer) -> bool:
+    """The logger Lightning adds by itself for ``logger=True``: TensorBoard (or CSV) under ``default_root_dir/lightning_logs``."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    return (
+        type(logger) in (TensorBoardLogger, CSVLogger)
+        and logger.name == "lightning_logs"
+        and os.path.abspath(str(logger.root_dir)) == os.path.abspath(os.path.join(str(trainer.default_root_dir), "lightning_logs"))
+    )
 
 
 def _is_default_model_checkpoint(callback: Any) -> bool:

@@ -369,6 +369,20 @@ class HFDataModule(pl.LightningDataModule):
         self.pending_loader: Any = None
         """The loader the next validation/test run iterates (set by ``loops.run_evaluation``)."""
 
+    @property
+    def trainer(self) -> pl.Trainer | None:
+        """The ``lightning.Trainer`` this datamodule is attached to (Lightning sets it in ``fit``)."""
+        return self.__dict__.get("_trainer")
+
+    @trainer.setter
+    def trainer(self, trainer: pl.Trainer | None) -> None:
+        self.__dict__["_trainer"] = trainer
+        if isinstance(trainer, pl.Trainer):
+            from .callbacks.checkpoint import install_checkpoint_connector
+
+            # attached before fit chooses its ckpt_path: "last" means the newest checkpoint-N of output_dir
+            install_checkpoint_connector(trainer)
+
     # ------------------------------------------------------------------------------- model info
 
     def _lightning_trainer(self) -> pl.Trainer | None:

@@ -212,6 +212,7 @@ class TrainerHooks:
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.processing_class = processing_class
         self.optimizer, self.lr_scheduler = optimizers
+        self._given_optimizer = optimizers[0]
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self._created_lr_scheduler = False
         for name, value in introspect_model(model, args).items():

@@ -257,6 +257,13 @@ class HFModule(pl.LightningModule):
         _check_trainable(self.model, hooks.compute_loss_func)
         self.train_plan = self.compute_train_plan()
         if hooks.optimizer is not None and not _owns_parameters(self.model, hooks.optimizer):
+            if hooks.optimizer is getattr(hooks, "_given_optimizer", None):
+                raise ValueError(
+                    "The optimizer passed in `optimizers=` updates parameters that are not the model's: a sharding "
+                    f"strategy ({type(self.trainer.strategy).__name__}) replaced them, or the optimizer was built for "
+                    "another model. transformers refuses `optimizers` with FSDP too: pass `optimizer_cls_and_kwargs=` "
+                    "or override `create_optimizer` so the optimizer is built on the model the strategy prepared."
+                )
             hooks.optimizer = None  # the strategy replaced the parameters (FSDP): build it for the new ones
         if getattr(hooks, "_created_lr_scheduler", False):
             # transformers rebuilds the scheduler it created for each train() (the schedule length may change)

@@ -138,6 +138,7 @@ class Trainer(transformers.Trainer):
         finally:
             args.report_to = report_to
             args.fsdp = fsdp
+        self._given_optimizer = optimizers[0]  # a sharding strategy cannot use it (HFModule.configure_optimizers)
         self._memory_tracker = MemoryTracker.adopt(self._memory_tracker)
         # report_to integrations that Lightning loggers carry (tensorboard, csv, wandb, ...) leave the callback list.
         for name in resolve_report_to(self.args.report_to):

@@ -39,16 +39,23 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory):
 
 
 _LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_LAUNCH_PREFIXES = ("ACCELERATE_", "FSDP_")
+_SESSION_ENVIRONMENT = dict(os.environ)  # before any test: what every test starts from
+
+
+def _is_launch_variable(name: str) -> bool:
+    return name in _LAUNCH_VARIABLES or name.startswith(_LAUNCH_PREFIXES)
 
 
 @pytest.fixture(autouse=True)
 def _no_leaked_launch_environment():
-    """A test that starts a process group in this process (one-process FSDP2, launcher units) leaves Lightning's
-    launch variables in os.environ; a later test (or the notebook's kernel) would then try to join that group."""
-    before = {name: os.environ.get(name) for name in _LAUNCH_VARIABLES}
+    """A test (or a module-scoped fixture) that starts a process group in this process (one-process FSDP2, launcher
+    units) leaves Lightning's and accelerate's launch variables in os.environ; a later test (or the notebook's kernel)
+    would then try to join that group. After each test they are what they were when the session started."""
     yield
-    for name, value in before.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
+    for name in [name for name in os.environ if _is_launch_variable(name)]:
+        if name not in _SESSION_ENVIRONMENT:
+            del os.environ[name]
+    for name, value in _SESSION_ENVIRONMENT.items():
+        if _is_launch_variable(name):
             os.environ[name] = value

@@ -186,3 +186,67 @@ def test_training_arguments_defaults_are_what_the_rule_assumes():
     for field, value in DEFAULTS.items():
         current = getattr(args, field)
         assert str(getattr(current, "value", current)) == str(value), field
+
+
+def test_an_optimizer_passed_in_for_parameters_the_model_does_not_have_is_refused(tmp_path):
+    """A sharding strategy replaces the parameters, so an ``optimizers=`` optimizer would update nothing; transformers
+    refuses ``optimizers`` with FSDP. Here the optimizer holds another model's parameters: the same situation."""
+    args = make_args(tmp_path, **ARGS)
+    stranger = torch.optim.SGD(TinyReg().parameters(), lr=0.1)
+    module = hf_lightning.HFModule(TinyReg(), args, optimizers=(stranger, None))
+    with pytest.raises(ValueError, match="optimizers=.*not the model's.*create_optimizer"):
+        pl.Trainer(**PLAIN).fit(module, datamodule=_data(args))
+    assert module.hooks.state.global_step == 0
+
+
+def test_report_to_loggers_join_a_plain_trainers_loggers(tmp_path):
+    """As in build_trainer: report_to's loggers are added to the user's, replace Lightning's default one, and
+    ``logger=False`` contradicts them."""
+    args = make_args(tmp_path / "default", report_to="tensorboard", **ARGS)
+    default = pl.Trainer(**{**PLAIN, "logger": True, "default_root_dir": str(tmp_path / "root")})
+    _fit(default, args)
+    assert [type(logger) for logger in default.loggers] == [TensorBoardLogger]
+    assert list((tmp_path / "default" / "runs").rglob("events.out.tfevents.*"))  # transformers' place, not lightning_logs
+    assert not (tmp_path / "root" / "lightning_logs").exists()
+
+    args = make_args(tmp_path / "mine", report_to="tensorboard", **ARGS)
+    mine = pl.Trainer(**{**PLAIN, "logger": CSVLogger(tmp_path / "csv", name="run")})
+    _fit(mine, args)
+    assert [type(logger) for logger in mine.loggers] == [CSVLogger, TensorBoardLogger]
+    assert "eval/loss" in (tmp_path / "csv" / "run" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+
+    with pytest.raises(ValueError, match="logger=False.*contradicts.*report_to"):
+        _fit(pl.Trainer(**PLAIN), make_args(tmp_path / "none", report_to="tensorboard", **ARGS))
+
+
+@pytest.mark.parametrize("ckpt_path", ["last", "checkpoint-2"])
+def test_a_plain_trainer_resumes_from_checkpoint_n(tmp_path, ckpt_path):
+    """``fit(ckpt_path="last")`` in a plain lightning.Trainer means the newest checkpoint-N of output_dir, as with
+    build_trainer; the resumed run continues the uninterrupted one."""
+    import shutil
+
+    def run(out, ckpt=None):
+        args = make_args(out, per_device_train_batch_size=4, max_steps=4, logging_steps=1, save_strategy="steps",
+                         save_steps=2, learning_rate=0.05)
+        torch.manual_seed(0)
+        module = hf_lightning.HFModule(TinyReg(), args)
+        counter = _CountBatches()
+        pl.Trainer(**{**PLAIN, "callbacks": [counter]}).fit(module, datamodule=_data(args), ckpt_path=ckpt)
+        module.batches_run = counter.batches
+        return module
+
+    whole = run(tmp_path / "whole")
+    shutil.copytree(tmp_path / "whole" / "checkpoint-2", tmp_path / "cut" / "checkpoint-2")
+    resumed = run(tmp_path / "cut", ckpt_path if ckpt_path == "last" else str(tmp_path / "cut" / ckpt_path))
+    after = [[e for e in m.hooks.state.log_history if e["step"] > 2 and "loss" in e] for m in (whole, resumed)]
+    assert (whole.batches_run, resumed.batches_run) == (4, 2)  # steps 3 and 4 trained, steps 1 and 2 not again
+    assert_same_history(*after)
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+class _CountBatches(pl.Callback):
+    batches = 0
+
+    def on_train_batch_end(self, *args, **kwargs):
+        self.batches += 1

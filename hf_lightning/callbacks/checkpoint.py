@@ -559,13 +559,22 @@ class _HFCheckpointConnector(_CheckpointConnector):
     """Lightning's checkpoint connector, resolving ``ckpt_path="last"`` to the highest ``checkpoint-N``.
 
     Lightning looks for "last" only among ``ModelCheckpoint`` callbacks; an ``HFCheckpoint`` answers
-    with transformers' rule (``get_last_checkpoint`` of ``output_dir``). Other values go to Lightning.
+    with transformers' rule (``get_last_checkpoint`` of ``output_dir``), or, in a plain ``lightning.Trainer``
+    (whose HFCheckpoint ``HFModule.configure_callbacks`` adds only after the path is chosen), the
+    ``HFDataModule``'s ``output_dir``. Other values go to Lightning.
     """
 
     @override
     def _parse_ckpt_path(self, state_fn: Any, ckpt_path: Any, model_provided: bool, model_connected: bool) -> Any:
         if ckpt_path == "last":
-            found = [cb.last_model_path for cb in self.trainer.callbacks if isinstance(cb, HFCheckpoint)]
+            checkpointers = [cb for cb in self.trainer.callbacks if isinstance(cb, HFCheckpoint)]
+            args = getattr(self.trainer.datamodule, "args", None)
+            if checkpointers:
+                found = [cb.last_model_path for cb in checkpointers]
+            elif isinstance(args, TrainingArguments):  # a plain lightning.Trainer: HFModule adds HFCheckpoint later
+                found = [hf_format.find_last_checkpoint(args.output_dir)]
+            else:
+                found = []
             found = [path for path in found if path]
             if found:
                 return max(found, key=lambda path: int(os.path.basename(path).rsplit("-", 1)[1]))
