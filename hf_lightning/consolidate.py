@@ -83,7 +83,7 @@ def consolidate(
     """
     from transformers import AutoConfig
 
-    from .distributed import FSDP_MODEL_DIR, share_tied
+    from .fsdp_checkpoint import FSDP_MODEL_DIR, share_tied
     from .hf_format import SAFE_WEIGHTS_NAME, CheckpointError
 
     source = Path(checkpoint_dir)

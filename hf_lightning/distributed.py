@@ -1,4 +1,6 @@
-"""The only module that knows about DDP and FSDP.
+"""DDP and FSDP on Lightning: strategies, launching, gradient sync and gathering (with ``fsdp_units``, which
+picks and shards the FSDP units, and ``fsdp_checkpoint``, which writes and reads FSDP checkpoint files, the
+only modules that know about DDP and FSDP).
 
 - **Strategies**: ``ddp_strategy`` maps the ``ddp_*`` TrainingArguments onto Lightning's ``DDPStrategy``;
   ``FSDP2Strategy`` (Lightning's ``ModelParallelStrategy``, runs on CPU too) and ``FSDPStrategy``
@@ -28,12 +30,33 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import nn
-from torch.distributed.fsdp.wrap import CustomPolicy, ModuleWrapPolicy
 from transformers import TrainingArguments
-from transformers.trainer import FSDP_MODEL_NAME, OPTIMIZER_NAME, OPTIMIZER_NAME_BIN
+from transformers.trainer import OPTIMIZER_NAME_BIN
 from typing_extensions import override
 
 from . import fsdp_args, hf_format
+from .fsdp_units import LayerWrapPolicy, RankZeroWeights, checkpoint_units, fsdp2_mixed_precision, has_fsdp2, shard_model, size_policy, unit_policy
+from .fsdp_checkpoint import (
+    dcp_save,
+    fsdp_optimizer_source,
+    load_full_model,
+    load_full_optimizer,
+    load_scheduler,
+    load_sharded_model,
+    load_sharded_optimizer,
+    model_state,
+    optimizer_state,
+    save_model_description,
+    share_tied,
+    strip_model_prefix,
+    strip_optimizer_prefix,
+    FSDP_MODEL_DIR,
+    FSDP_MODEL_FILE,
+    FSDP_OPTIMIZER_DIR,
+    checkpoint_layout,
+    saved_world_size,
+    warn_on_world_size_change,
+)
 from .hf_format import CheckpointError
 
 __all__ = [
@@ -65,11 +88,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# accelerate's FSDP file names (``save_fsdp_model``/``save_fsdp_optimizer`` with model/optimizer index 0).
-FSDP_MODEL_FILE = f"{FSDP_MODEL_NAME}.bin"  # pytorch_model_fsdp.bin: full state dict, torch.save
-FSDP_MODEL_DIR = f"{FSDP_MODEL_NAME}_0"  # pytorch_model_fsdp_0/: DCP, {"model": state_dict}
-FSDP_OPTIMIZER_DIR = f"{OPTIMIZER_NAME.split('.')[0]}_0"  # optimizer_0/: DCP, {"optimizer": state_dict}
-MODEL_PREFIX = "model."  # HFModule keeps the transformers model in ``self.model``
 
 StateDictType = Literal["full", "sharded"]
 
@@ -297,11 +315,11 @@ class _HFShardedCheckpoints:
     # What Lightning's dump_checkpoint collects (collectives).
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
-        return _model_state(self.model, full=self._hf_state_dict_type == "full")  # type: ignore[attr-defined]
+        return model_state(self.model, full=self._hf_state_dict_type == "full")  # type: ignore[attr-defined]
 
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         optimizer = getattr(optimizer, "_optimizer", optimizer)
-        return _optimizer_state(self.model, optimizer, full=self._hf_state_dict_type == "full")  # type: ignore[attr-defined]
+        return optimizer_state(self.model, optimizer, full=self._hf_state_dict_type == "full")  # type: ignore[attr-defined]
 
     def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
         """Weights were loaded in place by ``load_checkpoint``."""
@@ -315,21 +333,21 @@ class _HFShardedCheckpoints:
         model_state = checkpoint.pop("state_dict", None)
         optimizer_states = checkpoint.pop("optimizer_states", None) or []
         if self._hf_state_dict_type == "sharded":
-            _dcp_save({"model": _strip(model_state or {})}, path / FSDP_MODEL_DIR)
+            dcp_save({"model": strip_model_prefix(model_state or {})}, path / FSDP_MODEL_DIR)
             if optimizer_states:
-                _dcp_save({"optimizer": _strip_optimizer(optimizer_states[0])}, path / FSDP_OPTIMIZER_DIR)
+                dcp_save({"optimizer": strip_optimizer_prefix(optimizer_states[0])}, path / FSDP_OPTIMIZER_DIR)
             if self._hf_save_consolidated:
-                checkpoint["state_dict"] = share_tied(self.model, _model_state(self.model, full=True))  # type: ignore[attr-defined]
+                checkpoint["state_dict"] = share_tied(self.model, model_state(self.model, full=True))  # type: ignore[attr-defined]
         else:
             checkpoint["state_dict"] = share_tied(self.model, model_state or {})  # type: ignore[attr-defined]
             if is_zero and optimizer_states:  # accelerate's save_fsdp_model/optimizer; not with save_only_model (§1.3)
                 path.mkdir(parents=True, exist_ok=True)
-                hf_format.save_torch(_strip(model_state or {}), path / FSDP_MODEL_FILE)
-                hf_format.save_torch(_strip_optimizer(optimizer_states[0]), path / OPTIMIZER_NAME_BIN)
+                hf_format.save_torch(strip_model_prefix(model_state or {}), path / FSDP_MODEL_FILE)
+                hf_format.save_torch(strip_optimizer_prefix(optimizer_states[0]), path / OPTIMIZER_NAME_BIN)
         if is_zero:
             self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)  # type: ignore[attr-defined]
             if "state_dict" not in checkpoint:
-                _save_model_description(path, checkpoint)
+                save_model_description(path, checkpoint)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         from .checkpoint_io import EXTRAS_KEY, load_hf_checkpoint
@@ -341,31 +359,31 @@ class _HFShardedCheckpoints:
         root = self.model  # type: ignore[attr-defined]
         layout = checkpoint_layout(path)
         if layout == "sharded":
-            _load_sharded_model(root, path / FSDP_MODEL_DIR)
+            load_sharded_model(root, path / FSDP_MODEL_DIR)
         else:
-            _load_full_model(root, path, is_zero=self.is_global_zero)  # type: ignore[attr-defined]
+            load_full_model(root, path, is_zero=self.is_global_zero)  # type: ignore[attr-defined]
         optimizers = self.optimizers  # type: ignore[attr-defined]
         fitting = self.lightning_module.trainer.state.fn == "fit"  # type: ignore[attr-defined]
         if fitting and optimizers:
             # Whatever is intact is restored; a missing optimizer or scheduler starts fresh (HFCheckpoint warns).
-            optimizer_file = _fsdp_optimizer_source(path, layout)
+            optimizer_file = fsdp_optimizer_source(path, layout)
             if optimizer_file is not None:
                 optimizer = getattr(optimizers[0], "_optimizer", optimizers[0])
                 if layout == "sharded":
-                    _load_sharded_optimizer(root, optimizer, path / FSDP_OPTIMIZER_DIR)
+                    load_sharded_optimizer(root, optimizer, path / FSDP_OPTIMIZER_DIR)
                 else:
-                    _load_full_optimizer(root, optimizer, path / OPTIMIZER_NAME_BIN, is_zero=self.is_global_zero)  # type: ignore[attr-defined]
+                    load_full_optimizer(root, optimizer, path / OPTIMIZER_NAME_BIN, is_zero=self.is_global_zero)  # type: ignore[attr-defined]
                 checkpoint["optimizer_states"] = [optimizer.state_dict()]
             else:
                 checkpoint[EXTRAS_KEY]["fresh"].append(OPTIMIZER_NAME_BIN if layout == "full" else FSDP_OPTIMIZER_DIR)
             scheduler_file = path / hf_format.SCHEDULER_NAME
             if scheduler_file.is_file():
-                checkpoint["lr_schedulers"] = [_load_scheduler(scheduler_file)]
+                checkpoint["lr_schedulers"] = [load_scheduler(scheduler_file)]
                 checkpoint[EXTRAS_KEY]["scheduler_file"] = str(scheduler_file)
             else:
                 checkpoint[EXTRAS_KEY]["fresh"].append(hf_format.SCHEDULER_NAME)
         # The weights are in the model already; HFModule checks these names and shapes against its own.
-        checkpoint["state_dict"] = _model_state(root, full=False, cpu_offload=False)
+        checkpoint["state_dict"] = model_state(root, full=False, cpu_offload=False)
         return checkpoint
 
 
@@ -442,18 +460,18 @@ class FSDP2Strategy(_HFShardedCheckpoints, ModelParallelStrategy):
     def setup(self, trainer: Any) -> None:
         module = self.lightning_module
         model = getattr(module, "model", None)
-        if isinstance(model, nn.Module) and not _has_fsdp2(model):
+        if isinstance(model, nn.Module) and not has_fsdp2(model):
             policy = unit_policy(model, self.shard_layers, self.min_num_params)
             if self.checkpoint_layers:
                 checkpoint_units(model, policy)
-            loading = _RankZeroWeights(model, is_zero=self.global_rank == 0) if self.cpu_ram_efficient_loading else None
+            loading = RankZeroWeights(model, is_zero=self.global_rank == 0) if self.cpu_ram_efficient_loading else None
             shard_model(
                 model,
                 self.device_mesh["data_parallel"],
                 reshard_after_forward=self.reshard_after_forward,
                 policy=policy,
                 cpu_offload=self.cpu_offload,
-                mp_policy=_fsdp2_mixed_precision(self.precision_plugin, self.root_device),
+                mp_policy=fsdp2_mixed_precision(self.precision_plugin, self.root_device),
             )
             if loading is not None:
                 loading.broadcast(model, self.root_device, cpu_offload=self.cpu_offload)
@@ -502,12 +520,12 @@ class FSDPStrategy(_HFShardedCheckpoints, LightningFSDPStrategy):
         _check_unit_options(shard_layers, min_num_params, checkpoint_layers)
         if kwargs.get("auto_wrap_policy") is not None and (shard_layers is not None or min_num_params is not None):
             raise ValueError("Pass either `auto_wrap_policy` or `shard_layers`/`min_num_params` to FSDPStrategy, not both.")
-        self._unit_policy: _LayerWrapPolicy | None = None
+        self._unit_policy: LayerWrapPolicy | None = None
         if kwargs.get("auto_wrap_policy") is None:
             if min_num_params is not None:
-                kwargs["auto_wrap_policy"] = _size_policy(min_num_params)
+                kwargs["auto_wrap_policy"] = size_policy(min_num_params)
             else:
-                self._unit_policy = _LayerWrapPolicy(shard_layers)
+                self._unit_policy = LayerWrapPolicy(shard_layers)
                 kwargs["auto_wrap_policy"] = self._unit_policy
         if checkpoint_layers:
             if kwargs.get("activation_checkpointing") is not None or kwargs.get("activation_checkpointing_policy") is not None:
@@ -546,450 +564,13 @@ def _check_unit_options(shard_layers: Any, min_num_params: int | None, checkpoin
         raise ValueError("`checkpoint_layers=True` checkpoints the FSDP units, and `shard_layers=[]` makes none; name the layers to checkpoint.")
 
 
-# ------------------------------------------------------------------------------- FSDP units
-
-
-class _LayerWrapPolicy(ModuleWrapPolicy):
-    """``ModuleWrapPolicy`` over classes named at construction (default: the model's ``_no_split_modules``),
-    resolved against the model by ``bind`` when Lightning wraps it (an unknown name is an error, as in accelerate)."""
-
-    def __init__(self, names: list[type[nn.Module] | str] | None) -> None:
-        super().__init__(())
-        self.names = names
-
-    def bind(self, model: nn.Module) -> None:
-        self._module_classes = set(_layer_classes(model, self.names))
-        self._module_classes_str = str(self._module_classes)
-
-
-def _size_policy(min_num_params: int) -> Any:
-    """accelerate's FSDP1 size-based policy: ``size_based_auto_wrap_policy``; 0 means no wrapping."""
-    if min_num_params <= 0:
-        return CustomPolicy(lambda module: False)
-    import functools
-
-    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
-
-    return functools.partial(size_based_auto_wrap_policy, min_num_params=min_num_params)
-
-
-def _has_fsdp2(module: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(m, FSDPModule) for m in module.modules())
-
-
-def _layer_classes(model: nn.Module, names: list[type[nn.Module] | str] | None) -> set[type[nn.Module]]:
-    wanted = names if names is not None else list(getattr(model, "_no_split_modules", None) or [])
-    by_name = {type(m).__name__: type(m) for m in model.modules()}
-    classes: set[type[nn.Module]] = set()
-    for item in wanted:
-        if isinstance(item, type):
-            classes.add(item)
-        elif item in by_name:
-            classes.add(by_name[item])
-        elif names is not None:
-            raise ValueError(
-                f"`shard_layers` (transformers: `fsdp_config['transformer_layer_cls_to_wrap']`) names {item!r}, which is not "
-                f"a module class of {type(model).__name__}; it has {sorted(by_name)}."
-            )
-    return classes
-
-
-def unit_policy(model: nn.Module, layers: list[type[nn.Module] | str] | None = None, min_num_params: int | None = None) -> Any:
-    """Which submodules of ``model`` become FSDP2 units, as accelerate's ``fsdp2_prepare_auto_wrap_policy`` decides.
-
-    Transformer blocks (``layers``, default ``_no_split_modules``; ``[]``: none), or (``min_num_params``) every
-    module with more than that many parameters. A ``checkpoint_wrapper`` counts as the module it wraps.
-    Modules holding one end of a tied parameter (embeddings/``lm_head``) are never units: the tie lives in the root.
-    Nor are containers without a forward (``ModuleList``/``ModuleDict``), which ``fully_shard`` refuses.
-    """
-    tied = _tied_holders(model)
-    if min_num_params is not None:
-        def by_size(module: nn.Module) -> bool:
-            inner = getattr(module, "_checkpoint_wrapped_module", module)
-            if inner in tied or (isinstance(inner, (nn.ModuleList, nn.ModuleDict)) and type(inner).forward is nn.Module.forward):
-                return False
-            return sum(p.numel() for p in module.parameters()) > min_num_params
-
-        return by_size
-    classes = tuple(_layer_classes(model, layers))
-
-    def by_class(module: nn.Module) -> bool:
-        inner = getattr(module, "_checkpoint_wrapped_module", module)
-        return bool(classes) and inner not in tied and isinstance(inner, classes)
-
-    return by_class
-
-
-def _tied_holders(model: nn.Module) -> set[nn.Module]:
-    """Modules that contain some but not all references of a tied parameter."""
-    names: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
-    shared = [ns for ns in names.values() if len(ns) > 1]
-    if not shared:
-        return set()
-    holders = set()
-    for prefix, module in model.named_modules():
-        if not prefix:
-            continue
-        for ns in shared:
-            inside = [n.startswith(prefix + ".") for n in ns]
-            if any(inside) and not all(inside):
-                holders.add(module)
-    return holders
-
-
-def _bottom_up(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``model``'s submodules, every module after its descendants, the root excluded."""
-    return [(name, module) for name, module in reversed(list(model.named_modules())) if module is not model]
-
-
-def checkpoint_units(model: nn.Module, policy: Any) -> None:
-    """accelerate's ``fsdp2_apply_ac``: ``checkpoint_wrapper(preserve_rng_state=False)`` around each unit, bottom-up."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
-    for name, module in _bottom_up(model):
-        if policy(module):
-            model.set_submodule(name, checkpoint_wrapper(module, preserve_rng_state=False))
-
-
-def shard_model(
-    model: nn.Module,
-    mesh: Any,
-    layers: list[type[nn.Module] | str] | None = None,
-    reshard_after_forward: bool = True,
-    *,
-    policy: Any = None,
-    cpu_offload: bool = False,
-    mp_policy: Any = None,
-) -> nn.Module:
-    """``fully_shard`` each unit (``policy``, default ``unit_policy(model, layers)``), bottom-up, then the whole model.
-
-    As accelerate's ``fsdp2_prepare_model``: a checkpoint wrapper is sharded instead of the module it wraps,
-    and the root keeps torch's default ``reshard_after_forward``. Tied parameters (``lm_head``/embeddings)
-    stay in the root unit, so they remain one parameter.
-    """
-    import torch
-    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-
-    policy = policy if policy is not None else unit_policy(model, layers)
-    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
-    kwargs: dict[str, Any] = dict(mesh=mesh, offload_policy=offload, mp_policy=mp_policy or MixedPrecisionPolicy())
-    wrapped = {m._checkpoint_wrapped_module for m in model.modules() if hasattr(m, "_checkpoint_wrapped_module")}
-    for _, module in _bottom_up(model):
-        if module in wrapped or isinstance(module, FSDPModule):
-            continue
-        if policy(module):
-            fully_shard(module, reshard_after_forward=reshard_after_forward, **kwargs)
-    fully_shard(model, **kwargs)
-    return model
-
-
-def _fsdp2_mixed_precision(precision_plugin: Any, device: torch.device) -> Any:
-    """accelerate's FSDP2 ``MixedPrecisionPolicy`` under bf16 (parameters gathered, gradients reduced in bf16), on CUDA."""
-    if getattr(precision_plugin, "precision", None) != "bf16-mixed" or device.type != "cuda":
-        return None
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-
-    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
-
-
-class _RankZeroWeights:
-    """``cpu_ram_efficient_loading`` for FSDP2, as accelerate's ``fsdp2_prepare_model`` does it.
-
-    Before sharding: rank 0 keeps its state dict, every rank keeps its non-persistent buffers (not in any state
-    dict), and the model moves to ``meta`` (the other ranks' weights are freed). After sharding, ``broadcast``
-    fills the shards from rank 0 (accelerate's ``fsdp2_load_full_state_dict``), puts the buffers back and re-ties.
-    """
-
-    def __init__(self, model: nn.Module, *, is_zero: bool) -> None:
-        import copy
-
-        self.is_zero = is_zero
-        self.state = model.state_dict() if is_zero else {}
-        self.buffers = {
-            f"{prefix}.{name}" if prefix else name: copy.deepcopy(getattr(module, name))
-            for prefix, module in model.named_modules()
-            for name in module._non_persistent_buffers_set
-            if getattr(module, name, None) is not None
-        }
-        model.to(torch.device("meta"))
-        _tie(model)
-
-    def broadcast(self, model: nn.Module, device: torch.device, *, cpu_offload: bool) -> None:
-        from types import SimpleNamespace
-
-        from accelerate.utils.fsdp_utils import fsdp2_load_full_state_dict
-
-        fsdp2_load_full_state_dict(SimpleNamespace(is_main_process=self.is_zero, device=device), model, self.state, cpu_offload=cpu_offload)
-        for name, buffer in self.buffers.items():
-            owner, _, attr = name.rpartition(".")
-            model.get_submodule(owner).register_buffer(attr, buffer.to(device), persistent=False)
-        _tie(model)
-        self.state = {}
-
-
-def _tie(model: nn.Module) -> None:
-    tie = getattr(model, "tie_weights", None)
-    if callable(tie):
-        tie()
-
-
-# ------------------------------------------------------------------------- FSDP state dicts
-
-
-def _options(full: bool, cpu_offload: bool = True, broadcast_from_rank0: bool = False, strict: bool = True) -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=full, cpu_offload=cpu_offload, broadcast_from_rank0=broadcast_from_rank0, strict=strict)
-
-
-def _model_state(root: nn.Module, *, full: bool, cpu_offload: bool | None = None) -> dict[str, Any]:
-    """The root module's state dict (``model.``-prefixed names): gathered on rank 0 or this rank's shards."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    offload = full if cpu_offload is None else cpu_offload
-    state = get_model_state_dict(root, options=_options(full, cpu_offload=offload))
-    return {k: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
-
-
-def _optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer, *, full: bool) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    return get_optimizer_state_dict(root, optimizer, options=_options(full, cpu_offload=full))
-
-
-def _strip(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
-
-
-def _add(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {MODEL_PREFIX + k: v for k, v in state.items()}
-
-
-def _rekey_optimizer(osd: Mapping[str, Any], rename: Any) -> dict[str, Any]:
-    if not osd:
-        return dict(osd)
-    return {
-        "state": {rename(k): v for k, v in osd.get("state", {}).items()},
-        "param_groups": [{**g, "params": [rename(p) for p in g["params"]]} for g in osd.get("param_groups", [])],
-    }
-
-
-def _strip_optimizer(osd: Mapping[str, Any]) -> dict[str, Any]:
-    """FQN-keyed optimizer state of the LightningModule -> of the transformers model (accelerate's keys)."""
-    return _rekey_optimizer(osd, lambda k: k[len(MODEL_PREFIX) :] if isinstance(k, str) and k.startswith(MODEL_PREFIX) else k)
-
-
-def _add_optimizer(osd: Mapping[str, Any]) -> dict[str, Any]:
-    return _rekey_optimizer(osd, lambda k: MODEL_PREFIX + k if isinstance(k, str) else k)
-
-
-def _save_model_description(path: Path, checkpoint: Mapping[str, Any]) -> None:
-    """Config, generation config, tokenizer files and ``training_args.bin`` of a sharded save (no weights).
-
-    transformers' sharded checkpoints have none of these; with them a sharded checkpoint alone is
-    enough for ``hf_lightning.consolidate`` and documents what it holds.
-    """
-    import copy
-
-    from .checkpoint_io import EXTRAS_KEY
-
-    extras = checkpoint.get(EXTRAS_KEY) or {}
-    model = extras.get("model")
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "save_pretrained"):
-        config = copy.deepcopy(config)
-        config.architectures = [type(model).__name__.removeprefix("FSDP")]
-        config.save_pretrained(str(path))
-        generation = getattr(model, "generation_config", None)
-        can_generate = getattr(model, "can_generate", lambda: False)
-        if generation is not None and can_generate():
-            generation.save_pretrained(str(path))
-    tokenizer = extras.get("processing_class") or getattr(extras.get("data_collator"), "tokenizer", None)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(path))
-    if extras.get("args") is not None:
-        torch.save(extras["args"], path / hf_format.TRAINING_ARGS_NAME)
-
-
-def _dcp_save(state: dict[str, Any], folder: Path) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder)))
-
-
-def _dcp_load(state: dict[str, Any], folder: Path) -> None:
-    """``dcp.load`` without running code from the folder (``safe_load``: allow-listed metadata, weights-only entries)."""
-    from .safe_load import dcp_load
-
-    dcp_load(state, folder)
-
-
-def _load_sharded_model(root: nn.Module, folder: Path) -> None:
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-    state = {"model": _strip(_model_state(root, full=False, cpu_offload=False))}
-    _dcp_load(state, folder)
-    set_model_state_dict(root, _add(state["model"]), options=_options(False, cpu_offload=False, strict=False))
-
-
-def _load_sharded_optimizer(root: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-
-    template = get_optimizer_state_dict(root, optimizer, options=_options(False, cpu_offload=False))
-    state = {"optimizer": _strip_optimizer(template)}
-    _dcp_load(state, folder)
-    set_optimizer_state_dict(root, optimizer, _add_optimizer(state["optimizer"]), options=_options(False, cpu_offload=False))
-
-
-def _load_full_model(root: nn.Module, path: Path, *, is_zero: bool) -> None:
-    """``pytorch_model_fsdp.bin`` (or ``model.safetensors``) read on rank 0 and broadcast into the shards."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-    def read() -> dict[str, Any]:
-        file = path / FSDP_MODEL_FILE
-        state = hf_format.load_torch(file) if file.is_file() else hf_format.load_model_state_dict(path)
-        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{file}: must hold a state dict of tensors (what accelerate's save_fsdp_model writes).")
-        return _complete_tied(root, _add(state))
-
-    state = _read_on_rank_zero(read, is_zero)
-    set_model_state_dict(root, state, options=_options(True, broadcast_from_rank0=True))
-
-
-def _read_on_rank_zero(read: Any, is_zero: bool) -> Any:
-    """``read()`` on rank 0; a ``CheckpointError`` there is raised on every rank (else the others would wait forever)."""
-    result: Any = {}
-    message = None
-    if is_zero:
-        try:
-            result = read()
-        except CheckpointError as error:
-            message = str(error)
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        box = [message]
-        torch.distributed.broadcast_object_list(box, src=0)
-        message = box[0]
-    if message is not None:
-        raise CheckpointError(message)
-    return result
-
-
-def _tied_aliases(module: nn.Module) -> dict[str, str]:
-    """Parameters that are another parameter (tied ``lm_head``/embeddings): ``{alias: first name}``."""
-    first: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    for name, param in module.named_parameters(remove_duplicate=False):
-        if id(param) in first:
-            aliases[name] = first[id(param)]
-        else:
-            first[id(param)] = name
-    return aliases
-
-
-def _complete_tied(root: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
-    """model.safetensors drops tied duplicates (lm_head.weight); give them the tensor they share."""
-    for alias, name in _tied_aliases(root).items():
-        if alias not in state and name in state:
-            state[alias] = state[name]
-    return state
-
-
-def share_tied(module: nn.Module, state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Make tied entries of a gathered state dict one tensor again, so ``save_pretrained`` writes them once."""
-    for alias, name in _tied_aliases(module).items():
-        if prefix + alias in state and prefix + name in state:
-            state[prefix + alias] = state[prefix + name]
-    return state
-
-
-def _load_full_optimizer(root: nn.Module, optimizer: torch.optim.Optimizer, file: Path, *, is_zero: bool) -> None:
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-    def read() -> dict[str, Any]:
-        from .checkpoint_checks import optimizer_problems
-
-        loaded = hf_format.load_torch(file)
-        problems = optimizer_problems(loaded, str(file))
-        if problems:
-            raise hf_format.problems_error(file.parent, problems)
-        return _add_optimizer(loaded)
-
-    state = _read_on_rank_zero(read, is_zero)
-    set_optimizer_state_dict(root, optimizer, state, options=_options(True, broadcast_from_rank0=True))
-
-
-def checkpoint_layout(path: str | os.PathLike) -> Literal["sharded", "full", "plain"]:
-    """Which of accelerate's layouts a checkpoint folder holds (transformers' own detection, §1.6)."""
-    path = Path(path)
-    if (path / FSDP_MODEL_DIR).is_dir():
-        return "sharded"
-    if (path / FSDP_MODEL_FILE).is_file():
-        return "full"
-    return "plain"
-
-
-def _fsdp_optimizer_source(path: Path, layout: str) -> Path | None:
-    """The FSDP optimizer state of a checkpoint (``optimizer_0/`` or ``optimizer.bin``), None if it has none.
-
-    A plain ``optimizer.pt`` (DDP or one process) cannot be loaded into a sharded optimizer: refused.
-    """
-    source = path / FSDP_OPTIMIZER_DIR if layout == "sharded" else path / OPTIMIZER_NAME_BIN
-    found = source.is_dir() if layout == "sharded" else source.is_file()
-    if not found and (path / OPTIMIZER_NAME).is_file():
-        raise CheckpointError(
-            f"{path}: holds `{OPTIMIZER_NAME}` from a DDP/single-process run, which cannot be loaded into a "
-            f"sharded optimizer. Resume with the strategy that wrote it, or start from its weights "
-            "(`model.safetensors`) without `resume_from_checkpoint`."
-        )
-    return source if found else None
-
-
-def _load_scheduler(file: Path) -> Any:
-    """``scheduler.pt``, loaded weights-only and checked."""
-    from .checkpoint_checks import scheduler_problems
-
-    state = hf_format.load_torch(file)
-    problems = scheduler_problems(state, str(file))
-    if problems:
-        raise hf_format.problems_error(file.parent, problems)
-    return state
-
-
-def saved_world_size(checkpoint_dir: str | os.PathLike) -> int | None:
-    """How many processes wrote a checkpoint, from its RNG files (None without them: ``save_only_model``)."""
-    names = os.listdir(checkpoint_dir)
-    if "rng_state.pth" in names:
-        return 1
-    ranks = [n for n in names if n.startswith("rng_state_") and n.endswith(".pth")]
-    return len(ranks) or None
-
-
-def warn_on_world_size_change(checkpoint_dir: str | os.PathLike, world: int) -> None:
-    """Resuming with another number of processes works, like transformers, but does not reproduce the run."""
-    saved = saved_world_size(checkpoint_dir)
-    if saved is not None and saved != world:
-        log.warning(
-            "%s was written by %d process(es) and is resumed by %d. Weights, optimizer, scheduler and trainer state "
-            "are restored (sharded FSDP checkpoints are resharded), and the step counts continue from the saved "
-            "global_step with this run's batches per epoch, as transformers does; but the data each step sees and "
-            "the random streams differ from an uninterrupted run, so it will not reproduce the original.",
-            checkpoint_dir,
-            saved,
-            world,
-        )
-
-
 # --------------------------------------------------------------------- whole-model weights
 
 
 def full_model_state_dict(strategy: Any, module: nn.Module) -> dict[str, torch.Tensor]:
     """The transformers model's full state dict on rank 0 (empty elsewhere under FSDP). A collective."""
     if is_sharded(strategy):
-        return share_tied(module.model, _strip(_model_state(strategy.model, full=True)))  # type: ignore[arg-type]
+        return share_tied(module.model, strip_model_prefix(model_state(strategy.model, full=True)))  # type: ignore[arg-type]
     return {k: v for k, v in module.model.state_dict().items()}  # type: ignore[union-attr]
 
 
@@ -997,9 +578,9 @@ def load_full_weights(strategy: Any, checkpoint_dir: str | os.PathLike) -> None:
     """Load a checkpoint's weights (any layout) into a sharded model, e.g. the best model at the end. A collective."""
     path = Path(checkpoint_dir)
     if checkpoint_layout(path) == "sharded":
-        _load_sharded_model(strategy.model, path / FSDP_MODEL_DIR)
+        load_sharded_model(strategy.model, path / FSDP_MODEL_DIR)
     else:
-        _load_full_model(strategy.model, path, is_zero=strategy.is_global_zero)
+        load_full_model(strategy.model, path, is_zero=strategy.is_global_zero)
 
 
 # --------------------------------------------------------------------------- gradient sync

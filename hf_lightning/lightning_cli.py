@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import difflib
 import enum
-import functools
 import json
 import logging
 import os

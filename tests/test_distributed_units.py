@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from hf_lightning import distributed
+from hf_lightning import distributed, fsdp_checkpoint
 from hf_lightning.hf_format import CheckpointError
 from helpers import make_args
 
@@ -155,9 +155,9 @@ def test_checkpoint_layout_and_saved_world_size(tmp_path: Path) -> None:
 
 def test_optimizer_state_keys_move_between_lightning_and_transformers_names() -> None:
     osd = {"state": {"model.w": {"step": torch.tensor(1.0)}}, "param_groups": [{"lr": 0.1, "params": ["model.w", "model.b"]}]}
-    stripped = distributed._strip_optimizer(osd)
+    stripped = fsdp_checkpoint.strip_optimizer_prefix(osd)
     assert list(stripped["state"]) == ["w"] and stripped["param_groups"][0]["params"] == ["w", "b"]
-    assert distributed._add_optimizer(stripped)["param_groups"] == osd["param_groups"]
+    assert fsdp_checkpoint.add_optimizer_prefix(stripped)["param_groups"] == osd["param_groups"]
 
 
 # -------------------------------------------------------------------------------- consolidation

@@ -23,7 +23,7 @@ import torch
 import dist_helpers as dh
 import hf_lightning
 from helpers import LIGHTNING_QUIET, assert_same_history, make_args
-from hf_lightning import distributed, fsdp_args
+from hf_lightning import distributed, fsdp_args, fsdp_units
 from hf_lightning.arguments import ARGUMENT_SUPPORT, HONOURED, validate_arguments
 from tiny import RegressionDataset, TinyReg, tiny_llama_config
 
@@ -262,14 +262,14 @@ def _llama(tie: bool = False):
 def test_fsdp2_units(tie: bool, layers, min_num_params, expected: list[str]) -> None:
     torch.manual_seed(0)
     model = _llama(tie)
-    policy = distributed.unit_policy(model, layers, min_num_params)
+    policy = fsdp_units.unit_policy(model, layers, min_num_params)
     assert sorted(name for name, module in model.named_modules() if module is not model and policy(module)) == expected
 
 
 def test_fsdp2_checkpoint_wrappers_count_as_the_blocks_they_wrap() -> None:
     model = _llama()
-    policy = distributed.unit_policy(model)
-    distributed.checkpoint_units(model, policy)
+    policy = fsdp_units.unit_policy(model)
+    fsdp_units.checkpoint_units(model, policy)
     wrapped = [name for name, module in model.named_modules() if hasattr(module, "_checkpoint_wrapped_module")]
     assert wrapped == ["model.layers.0", "model.layers.1"]
     assert all(policy(model.get_submodule(name)) for name in wrapped)  # shard_model shards the wrapper, not what it wraps

@@ -33,13 +33,13 @@ import torch.distributed as dist  # noqa: E402
 def build(rank_mesh):
     from transformers import LlamaForCausalLM, TrainingArguments
 
-    from hf_lightning import distributed
+    from hf_lightning import fsdp_units
     from hf_lightning.hooks import TrainerHooks
     from tiny import tiny_llama_config
 
     torch.manual_seed(123)  # different from the trained weights: loading must overwrite everything
     model = LlamaForCausalLM(tiny_llama_config())
-    distributed.shard_model(model, rank_mesh)
+    fsdp_units.shard_model(model, rank_mesh)
     args = TrainingArguments(output_dir="/tmp/unused", report_to="none", use_cpu=True, learning_rate=5e-3)
     optimizer = TrainerHooks(model, args).create_optimizer()
     return model, optimizer
@@ -93,7 +93,7 @@ def run(sharded: str, full: str, out: str) -> None:
     from accelerate.utils.fsdp_utils import load_fsdp_model, load_fsdp_optimizer, save_fsdp_model, save_fsdp_optimizer
     from torch.distributed.device_mesh import init_device_mesh
 
-    from hf_lightning import distributed, hf_format
+    from hf_lightning import distributed, fsdp_checkpoint, hf_format
     from hf_lightning.consolidate import load_sharded_weights
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
@@ -128,11 +128,11 @@ def run(sharded: str, full: str, out: str) -> None:
         root = torch.nn.Module()
         root.model = fresh  # hf_lightning's loaders work on the LightningModule, which holds the model as `model`
         if kind == "sharded":
-            distributed._load_sharded_model(root, target / distributed.FSDP_MODEL_DIR)
-            distributed._load_sharded_optimizer(root, fresh_optimizer, target / distributed.FSDP_OPTIMIZER_DIR)
+            fsdp_checkpoint.load_sharded_model(root, target / distributed.FSDP_MODEL_DIR)
+            fsdp_checkpoint.load_sharded_optimizer(root, fresh_optimizer, target / distributed.FSDP_OPTIMIZER_DIR)
         else:
-            distributed._load_full_model(root, target, is_zero=rank == 0)
-            distributed._load_full_optimizer(root, fresh_optimizer, target / "optimizer.bin", is_zero=rank == 0)
+            fsdp_checkpoint.load_full_model(root, target, is_zero=rank == 0)
+            fsdp_checkpoint.load_full_optimizer(root, fresh_optimizer, target / "optimizer.bin", is_zero=rank == 0)
         back, back_osd = full_model(fresh), full_optimizer(fresh, fresh_optimizer)
         if rank == 0:
             report[f"hf_lightning_reads_accelerate_{kind}_weights"] = max_diff(gathered, back)
