@@ -330,19 +330,19 @@ class _HFShardedCheckpoints:
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
         path = Path(self.broadcast(str(filepath)))  # type: ignore[attr-defined]
         is_zero = self.is_global_zero  # type: ignore[attr-defined]
-        model_state = checkpoint.pop("state_dict", None)
+        weights = checkpoint.pop("state_dict", None)
         optimizer_states = checkpoint.pop("optimizer_states", None) or []
         if self._hf_state_dict_type == "sharded":
-            dcp_save({"model": strip_model_prefix(model_state or {})}, path / FSDP_MODEL_DIR)
+            dcp_save({"model": strip_model_prefix(weights or {})}, path / FSDP_MODEL_DIR)
             if optimizer_states:
                 dcp_save({"optimizer": strip_optimizer_prefix(optimizer_states[0])}, path / FSDP_OPTIMIZER_DIR)
             if self._hf_save_consolidated:
                 checkpoint["state_dict"] = share_tied(self.model, model_state(self.model, full=True))  # type: ignore[attr-defined]
         else:
-            checkpoint["state_dict"] = share_tied(self.model, model_state or {})  # type: ignore[attr-defined]
+            checkpoint["state_dict"] = share_tied(self.model, weights or {})  # type: ignore[attr-defined]
             if is_zero and optimizer_states:  # accelerate's save_fsdp_model/optimizer; not with save_only_model (§1.3)
                 path.mkdir(parents=True, exist_ok=True)
-                hf_format.save_torch(strip_model_prefix(model_state or {}), path / FSDP_MODEL_FILE)
+                hf_format.save_torch(strip_model_prefix(weights or {}), path / FSDP_MODEL_FILE)
                 hf_format.save_torch(strip_optimizer_prefix(optimizer_states[0]), path / OPTIMIZER_NAME_BIN)
         if is_zero:
             self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)  # type: ignore[attr-defined]
