@@ -19,6 +19,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
 import hf_lightning
+import hf_lightning.checkpoint_folders
 from hf_lightning.callbacks.checkpoint import HFCheckpoint
 
 
@@ -70,7 +71,7 @@ def run(async_save: bool, steps: int, hidden: int, save_steps: int, output_dir: 
         total = time.perf_counter() - start
     finally:
         HFCheckpoint.save, HFCheckpoint.wait = original, original_wait
-    last = hf_lightning.hf_format.find_last_checkpoint(output_dir)
+    last = hf_lightning.checkpoint_folders.find_last_checkpoint(output_dir)
     size = sum(os.path.getsize(os.path.join(last, f)) for f in os.listdir(last))
     return {"params": params, "checkpoint_mb": size / 2**20, "blocked": blocked, "waited": waited[: len(blocked)], "total": total}
 

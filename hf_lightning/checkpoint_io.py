@@ -18,7 +18,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.plugins.io import CheckpointIO
 from typing_extensions import override
 
-from . import hf_format
+from . import checkpoint_folders, hf_format
 from .hf_format import CheckpointError
 
 __all__ = ["HFCheckpointIO", "MODEL_PREFIX", "EXTRAS_KEY", "is_hf_checkpoint"]
@@ -70,7 +70,7 @@ class HFCheckpointIO(CheckpointIO):
                 data_collator=extras.get("data_collator"),
                 args=extras.get("args"),
             )
-            pending.extend(pool.submit(hf_format.flush_file, os.path.join(path, name)) for name in os.listdir(path)
+            pending.extend(pool.submit(checkpoint_folders.flush_file, os.path.join(path, name)) for name in os.listdir(path)
                            if name != hf_format.OPTIMIZER_NAME and os.path.isfile(os.path.join(path, name)))
         if checkpoint.get("lr_schedulers"):
             hf_format.save_torch(checkpoint["lr_schedulers"][0], os.path.join(path, hf_format.SCHEDULER_NAME))
@@ -102,14 +102,14 @@ class HFCheckpointIO(CheckpointIO):
     @override
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         if os.path.isdir(path):
-            hf_format.delete_checkpoint(path)
+            checkpoint_folders.delete_checkpoint(path)
         elif os.path.exists(path):
             os.remove(path)
 
 
 def _write_and_flush(obj: Any, path: str) -> None:
     hf_format.save_torch(obj, path)
-    hf_format.flush_file(path)
+    checkpoint_folders.flush_file(path)
 
 
 def load_hf_checkpoint(path: str, *, with_weights: bool = True, steps_in_use: Any = ()) -> dict[str, Any]:

@@ -184,15 +184,15 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
     ``best`` -> the run's ``best_model_checkpoint``; anything else must be a checkpoint folder."""
     if ckpt_path is None:
         return None
-    from . import hf_format
+    from . import checkpoint_folders, hf_format
 
     if ckpt_path == "last":
-        last = hf_format.find_last_checkpoint(output_dir)
+        last = checkpoint_folders.find_last_checkpoint(output_dir)
         if last is None:
             log.warning("--ckpt_path last: no checkpoint-N in %s yet, starting from the beginning.", output_dir)
         return last
     if ckpt_path == "best":
-        last = hf_format.find_last_checkpoint(output_dir)
+        last = checkpoint_folders.find_last_checkpoint(output_dir)
         state = hf_format.read_trainer_state(last) if last else None
         best = getattr(state, "best_model_checkpoint", None)
         if best is None:

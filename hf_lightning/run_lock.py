@@ -84,7 +84,7 @@ class LockHolder:
 
 
 def _alive(pid: int) -> bool:
-    from .hf_format import pid_alive
+    from .checkpoint_folders import pid_alive
 
     return pid_alive(pid)
 

@@ -29,7 +29,7 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import EvalLoopOutput, TrainOutput, enable_full_determinism, set_seed
 
-from . import hf_format
+from . import checkpoint_folders, hf_format
 from .accelerator import LightningAccelerator
 from .arguments import LIGHTNING_LOGGERS, resolve_report_to, validate_arguments
 from . import overlaps
@@ -210,7 +210,7 @@ class Trainer(transformers.Trainer):
             self.model_wrapped = self.model
         self._hp_search_setup(trial)
         if isinstance(resume_from_checkpoint, bool) and resume_from_checkpoint:
-            resume_from_checkpoint = hf_format.find_last_checkpoint(args.output_dir)
+            resume_from_checkpoint = checkpoint_folders.find_last_checkpoint(args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No valid checkpoint found in output directory ({args.output_dir})")
         if resume_from_checkpoint is not None and not os.path.isdir(resume_from_checkpoint):

@@ -11,6 +11,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
 import hf_lightning
+import hf_lightning.checkpoint_folders
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -34,7 +35,7 @@ def main(output_dir: str) -> None:
     config = BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, vocab_size=2000)
     trainer = hf_lightning.Trainer(model=BertForSequenceClassification(config), args=args, train_dataset=Tokens(),
                                    enable_progress_bar=False, enable_model_summary=False)
-    resume = hf_lightning.hf_format.find_last_checkpoint(output_dir) is not None
+    resume = hf_lightning.checkpoint_folders.find_last_checkpoint(output_dir) is not None
     trainer.train(resume_from_checkpoint=True if resume else None)
 
 

@@ -28,7 +28,7 @@ import torch
 from helpers import build
 from tiny import RegressionDataset, TinyReg
 
-from hf_lightning import hf_format, run_lock
+from hf_lightning import checkpoint_folders, hf_format, run_lock
 from hf_lightning.checkpoint_io import HFCheckpointIO
 
 ARGS = dict(per_device_train_batch_size=8, gradient_accumulation_steps=2, num_train_epochs=3, save_strategy="steps",
@@ -87,7 +87,7 @@ def install_kill(phase: str, marker: str) -> dict:
 
         hf_format.capture_rng_state = capture_rng_state
     elif phase in ("before-rename", "after-rename"):
-        original_publish = hf_format.publish_checkpoint
+        original_publish = checkpoint_folders.publish_checkpoint
 
         def publish_checkpoint(tmp_dir, final_dir, *args, **kwargs):
             if _step_of(final_dir) == KILL_STEP and phase == "before-rename":
@@ -96,7 +96,7 @@ def install_kill(phase: str, marker: str) -> dict:
             if _step_of(final_dir) == KILL_STEP:
                 die()
 
-        hf_format.publish_checkpoint = publish_checkpoint
+        checkpoint_folders.publish_checkpoint = publish_checkpoint
     elif phase == "mid-rotation":  # deleting checkpoint-2 when checkpoint-5 is published
         original_rmtree = shutil.rmtree
 
@@ -187,7 +187,7 @@ def test_kill_during_save_leaves_complete_checkpoints_and_resume_finishes(uninte
     if phase == "mid-rotation":
         # renamed away before the deletion: never a partial checkpoint-2
         assert len(hidden) == 1 and hidden[0].startswith(".old-checkpoint-2."), hidden
-    assert hf_format.find_last_checkpoint(output_dir) == str(output_dir / f"checkpoint-{published}")
+    assert checkpoint_folders.find_last_checkpoint(output_dir) == str(output_dir / f"checkpoint-{published}")
 
     resumed = make_trainer(output_dir)
     resumed.train(resume_from_checkpoint=True)
@@ -332,7 +332,7 @@ def test_external_kill_loop(tmp_path):
         assert_only_complete_checkpoints_any(output_dir)
     final = subprocess.run([sys.executable, SCRIPT, str(output_dir)], env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
-    state = hf_format.read_trainer_state(hf_format.find_last_checkpoint(output_dir))
+    state = hf_format.read_trainer_state(checkpoint_folders.find_last_checkpoint(output_dir))
     assert state.global_step == state.max_steps
     assert not [n for n in os.listdir(output_dir) if n.startswith(".")]
     assert_only_complete_checkpoints_any(output_dir)

@@ -19,7 +19,7 @@ import pytest
 from hardening_helpers import StepCounter, fit_path, tiny_trainer
 from transformers import TrainerCallback
 
-from hf_lightning import hf_format, run_lock
+from hf_lightning import checkpoint_folders, hf_format, run_lock
 
 HOLDER = """
 import sys, time
@@ -153,12 +153,12 @@ def test_file_systems_without_flock(tmp_path, monkeypatch, caplog):
 
 
 def test_temporary_names_are_unique_per_run():
-    a, b = hf_format.new_owner_id(), hf_format.new_owner_id()
+    a, b = checkpoint_folders.new_owner_id(), checkpoint_folders.new_owner_id()
     assert a != b
-    assert hf_format.temporary_name(5, a) != hf_format.temporary_name(5, b)
-    assert hf_format.temporary_name(5, a).startswith(".tmp-checkpoint-5.")
-    assert hf_format.parse_owner(a) == (hf_format._host(), os.getpid())
-    assert hf_format.parse_owner("no-owner") is None and hf_format.parse_owner(None) is None
+    assert checkpoint_folders.temporary_name(5, a) != checkpoint_folders.temporary_name(5, b)
+    assert checkpoint_folders.temporary_name(5, a).startswith(".tmp-checkpoint-5.")
+    assert checkpoint_folders.parse_owner(a) == (checkpoint_folders._host(), os.getpid())
+    assert checkpoint_folders.parse_owner("no-owner") is None and checkpoint_folders.parse_owner(None) is None
 
 
 HOST = "thishost"
@@ -177,13 +177,13 @@ HOST = "thishost"
     ],
 )
 def test_is_abandoned_table(owner, alive, expected):
-    assert hf_format.is_abandoned(owner, current="current-1-bbbbbbbb", host=HOST, is_alive=alive.__contains__, own_pid=7) is expected
+    assert checkpoint_folders.is_abandoned(owner, current="current-1-bbbbbbbb", host=HOST, is_alive=alive.__contains__, own_pid=7) is expected
 
 
 def test_start_removes_only_abandoned_leftovers(tmp_path, caplog):
     out = tmp_path / "out"
     out.mkdir()
-    host = hf_format._host()
+    host = checkpoint_folders._host()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

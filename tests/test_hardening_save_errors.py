@@ -20,12 +20,12 @@ import torch
 from hardening_helpers import tiny_trainer
 from transformers import TrainerCallback
 
-from hf_lightning import hf_format, run_lock
+from hf_lightning import checkpoint_folders, hf_format, run_lock
 from hf_lightning.hf_format import CheckpointSaveError
 
 
 def assert_previous_checkpoint_stays(out, newest: str = "checkpoint-2") -> None:
-    assert hf_format.find_last_checkpoint(out) == str(out / newest)
+    assert checkpoint_folders.find_last_checkpoint(out) == str(out / newest)
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-") or n.startswith(".old-")], os.listdir(out)
     assert not (out / run_lock.LOCK_FILE).exists()
 
@@ -135,5 +135,5 @@ def test_a_real_write_failure(tmp_path):
     assert ".tmp-checkpoint-4." in file and file.endswith("model.safetensors"), file
     assert f"Saving {out / 'checkpoint-4'} failed" in message and "EFBIG" in message and "Free space there" in message
     assert f"still {out / 'checkpoint-2'}" in message
-    assert hf_format.find_last_checkpoint(out) == str(out / "checkpoint-2")
+    assert checkpoint_folders.find_last_checkpoint(out) == str(out / "checkpoint-2")
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]

@@ -18,7 +18,7 @@ import torch
 from hardening_helpers import tiny_trainer
 from transformers import TrainerCallback
 
-from hf_lightning import TrainingInterrupted, hf_format, run_lock
+from hf_lightning import TrainingInterrupted, checkpoint_folders, hf_format, run_lock
 from hf_lightning.callbacks.signals import SignalActions, signal_actions, stop_message
 
 
@@ -120,7 +120,7 @@ def test_no_evaluation_after_the_signal(tmp_path):
             lightning=dict(eval_dataset=RegressionDataset(8, seed=1)),
         ).train()
     assert evaluated == [2]
-    assert hf_format.find_last_checkpoint(tmp_path / "out") == str(tmp_path / "out" / "checkpoint-4")
+    assert checkpoint_folders.find_last_checkpoint(tmp_path / "out") == str(tmp_path / "out" / "checkpoint-4")
 
 
 def test_signal_in_the_last_step_still_ends_non_zero(tmp_path):
@@ -139,7 +139,7 @@ def test_second_sigint_stops_at_once(tmp_path):
         tiny_trainer(out, callbacks=[sender]).train()
     assert raised.value.immediate and raised.value.code == 130
     assert sender.steps_done == 2  # step 3 never finished
-    assert hf_format.find_last_checkpoint(out) == str(out / "checkpoint-2")
+    assert checkpoint_folders.find_last_checkpoint(out) == str(out / "checkpoint-2")
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # no leftovers, lock released
 
 

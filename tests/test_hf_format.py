@@ -12,7 +12,7 @@ import torch
 from transformers import TrainerState
 from transformers.trainer_utils import rotate_checkpoints as transformers_rotate
 
-from hf_lightning import hf_format
+from hf_lightning import checkpoint_folders, hf_format
 from hf_lightning.callbacks.checkpoint import snapshot_state
 from hf_lightning.checkpoint_io import EXTRAS_KEY, HFCheckpointIO, load_hf_checkpoint
 from hf_lightning.hf_format import CheckpointError
@@ -47,20 +47,20 @@ def test_rotation_decides_like_transformers(tmp_path, steps, mtimes, limit, best
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     make_checkpoints(ours, steps, mtimes)
     make_checkpoints(theirs, steps, mtimes)
-    hf_format.rotate_checkpoints(ours, limit, None if best is None else str(ours / f"checkpoint-{best}"), use_mtime=True)
+    checkpoint_folders.rotate_checkpoints(ours, limit, None if best is None else str(ours / f"checkpoint-{best}"), use_mtime=True)
     transformers_rotate(str(theirs), limit, None if best is None else str(theirs / f"checkpoint-{best}"), use_mtime=True)
     assert remaining(ours) == remaining(theirs)
     assert not [n for n in os.listdir(ours) if n.startswith(".")]
 
 
 def test_publish_is_a_rename_and_replaces_a_previous_folder(tmp_path):
-    tmp = tmp_path / hf_format.temporary_name(3)
+    tmp = tmp_path / checkpoint_folders.temporary_name(3)
     tmp.mkdir()
     (tmp / "a").write_text("new")
     final = tmp_path / "checkpoint-3"
     final.mkdir()
     (final / "a").write_text("old")
-    hf_format.publish_checkpoint(tmp, final)
+    checkpoint_folders.publish_checkpoint(tmp, final)
     assert (final / "a").read_text() == "new" and not tmp.exists()
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-3"]
 
@@ -70,23 +70,23 @@ def test_hidden_names_are_invisible_to_transformers_and_cleaned(tmp_path):
     (tmp_path / ".tmp-checkpoint-3").mkdir()
     (tmp_path / ".old-checkpoint-1").mkdir()
     (tmp_path / "checkpoint-x").mkdir()  # not a step number: ignored, kept
-    assert hf_format.find_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
-    removed, kept = hf_format.remove_leftovers(tmp_path, current=hf_format.new_owner_id())  # legacy names: no owner
+    assert checkpoint_folders.find_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    removed, kept = checkpoint_folders.remove_leftovers(tmp_path, current=checkpoint_folders.new_owner_id())  # legacy names: no owner
     assert sorted(os.path.basename(p) for p in removed) == [".old-checkpoint-1", ".tmp-checkpoint-3"] and kept == []
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-1", "checkpoint-2", "checkpoint-x"]
-    assert hf_format.find_last_checkpoint(tmp_path / "absent") is None
+    assert checkpoint_folders.find_last_checkpoint(tmp_path / "absent") is None
 
 
 def test_last_checkpoint_passes_over_folders_a_killed_transformers_save_left(tmp_path):
     make_checkpoints(tmp_path, [4, 5, 6])
     os.remove(tmp_path / "checkpoint-6" / "trainer_state.json")  # transformers killed mid-save: written last
-    assert hf_format.find_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
+    assert checkpoint_folders.find_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
     (tmp_path / "checkpoint-5" / hf_format.INCOMPLETE_MARKER).write_text("")  # transformers' JIT-save sentinel
-    assert hf_format.find_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert checkpoint_folders.find_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     with pytest.raises(CheckpointError, match="checkpoint-is-incomplete.txt: transformers marked this checkpoint"):
         hf_format.read_weights(tmp_path / "checkpoint-5")
     os.remove(tmp_path / "checkpoint-4" / "trainer_state.json")
-    assert hf_format.find_last_checkpoint(tmp_path) is None
+    assert checkpoint_folders.find_last_checkpoint(tmp_path) is None
 
 
 def test_trainer_state_text_is_transformers_own(tmp_path):

@@ -40,7 +40,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from transformers import TrainerState, TrainingArguments
 from typing_extensions import override
 
-from .. import distributed, hf_format, run_lock
+from .. import checkpoint_folders, distributed, hf_format, run_lock
 from ..checkpoint_io import EXTRAS_KEY
 from ..hf_format import CheckpointSaveError
 from ..state import strategy_name
@@ -82,7 +82,7 @@ class HFCheckpoint(Checkpoint):
     @property
     def last_model_path(self) -> str | None:
         """The newest complete ``checkpoint-N`` in ``output_dir``; what ``ckpt_path="last"`` resumes from."""
-        return hf_format.find_last_checkpoint(self.output_dir)
+        return checkpoint_folders.find_last_checkpoint(self.output_dir)
 
     @property
     def best_model_path(self) -> str | None:
@@ -113,7 +113,7 @@ class HFCheckpoint(Checkpoint):
         error: BaseException | None = None
         run_id = None
         if trainer.is_global_zero:
-            run_id = hf_format.new_owner_id()
+            run_id = checkpoint_folders.new_owner_id()
             try:
                 self._lock, _ = run_lock.acquire(self.output_dir, run_id)
             except (run_lock.OutputDirLockedError, run_lock.OutputDirNotWritableError) as caught:
@@ -126,7 +126,7 @@ class HFCheckpoint(Checkpoint):
             locked, message = failure
             raise run_lock.OutputDirLockedError(message, None) if locked else run_lock.OutputDirNotWritableError(message)
         if trainer.is_global_zero:
-            removed, kept = hf_format.remove_leftovers(self.output_dir, current=self.run_id)
+            removed, kept = checkpoint_folders.remove_leftovers(self.output_dir, current=self.run_id)
             if removed:
                 log.warning("Removed the unfinished saves of interrupted runs: %s", removed)
             if kept:
@@ -138,7 +138,7 @@ class HFCheckpoint(Checkpoint):
         if lock is None:
             return
         try:
-            hf_format.remove_leftovers(self.output_dir, current=self.run_id, only_own=True)
+            checkpoint_folders.remove_leftovers(self.output_dir, current=self.run_id, only_own=True)
         finally:
             lock.release()
 
@@ -246,7 +246,7 @@ class HFCheckpoint(Checkpoint):
         args = self.args
         step = trainer.global_step
         final = os.path.join(self.output_dir, hf_format.checkpoint_name(step))
-        tmp = os.path.join(self.output_dir, hf_format.temporary_name(step, self.run_id))
+        tmp = os.path.join(self.output_dir, checkpoint_folders.temporary_name(step, self.run_id))
 
         def make_tmp() -> None:
             with hf_format.writing(tmp):
@@ -322,8 +322,8 @@ class HFCheckpoint(Checkpoint):
         if not failures:
             return
         if trainer.is_global_zero:
-            hf_format.remove_leftovers(self.output_dir, current=self.run_id, only_own=True)
-        newest = hf_format.find_last_checkpoint(self.output_dir)
+            checkpoint_folders.remove_leftovers(self.output_dir, current=self.run_id, only_own=True)
+        newest = checkpoint_folders.find_last_checkpoint(self.output_dir)
         if error is not None:
             if isinstance(error, CheckpointSaveError) and checkpoint is not None:
                 raise error.for_checkpoint(checkpoint, newest) from error.cause
@@ -364,7 +364,7 @@ class HFCheckpoint(Checkpoint):
         if trainer.is_global_zero and state.best_model_checkpoint is not None and self.args.save_total_limit == 1:
             for checkpoint in hf_format.sort_checkpoints(self.output_dir, best_model_checkpoint=state.best_model_checkpoint):
                 if not os.path.samefile(checkpoint, state.best_model_checkpoint):
-                    hf_format.delete_checkpoint(checkpoint, self.run_id)
+                    checkpoint_folders.delete_checkpoint(checkpoint, self.run_id)
         trainer.strategy.barrier("hf_finish_training")
 
 
@@ -390,11 +390,11 @@ def _named_failure(finish: Any, checkpoint: str, output_dir: str) -> Any:
         try:
             return finish(snapshot)
         except CheckpointSaveError as error:
-            hf_format.remove_leftovers(output_dir, current=finish.owner, only_own=True)
-            raise error.for_checkpoint(checkpoint, hf_format.find_last_checkpoint(output_dir)) from error.cause
+            checkpoint_folders.remove_leftovers(output_dir, current=finish.owner, only_own=True)
+            raise error.for_checkpoint(checkpoint, checkpoint_folders.find_last_checkpoint(output_dir)) from error.cause
         except Exception as error:
-            hf_format.remove_leftovers(output_dir, current=finish.owner, only_own=True)
-            raise CheckpointSaveError(finish.tmp, error, checkpoint=checkpoint, newest=hf_format.find_last_checkpoint(output_dir)) from error
+            checkpoint_folders.remove_leftovers(output_dir, current=finish.owner, only_own=True)
+            raise CheckpointSaveError(finish.tmp, error, checkpoint=checkpoint, newest=checkpoint_folders.find_last_checkpoint(output_dir)) from error
 
     return run
 
@@ -502,8 +502,8 @@ class _Publish:
         if snapshot is not None:
             _written(self.tmp, lambda: self.io.save_checkpoint(snapshot, self.tmp))
         hf_format.write_trainer_state_json(self.state_json, self.tmp)
-        hf_format.publish_checkpoint(self.tmp, self.final, self.owner)
-        hf_format.rotate_checkpoints(
+        checkpoint_folders.publish_checkpoint(self.tmp, self.final, self.owner)
+        checkpoint_folders.rotate_checkpoints(
             output_dir=self.output_dir,
             save_total_limit=self.save_total_limit,
             best_model_checkpoint=self.best_model_checkpoint,
@@ -572,7 +572,7 @@ class _HFCheckpointConnector(_CheckpointConnector):
             if checkpointers:
                 found = [cb.last_model_path for cb in checkpointers]
             elif isinstance(args, TrainingArguments):  # a plain lightning.Trainer: HFModule adds HFCheckpoint later
-                found = [hf_format.find_last_checkpoint(args.output_dir)]
+                found = [checkpoint_folders.find_last_checkpoint(args.output_dir)]
             else:
                 found = []
             found = [path for path in found if path]

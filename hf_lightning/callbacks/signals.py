@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import Callback
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from typing_extensions import override
 
-from .. import distributed, hf_format
+from .. import checkpoint_folders, distributed
 from ..state import strategy_name
 
 __all__ = ["HFSignalHandler", "TrainingInterrupted", "SignalActions", "signal_actions", "stop_message", "HANDLED_SIGNALS"]
@@ -272,7 +272,7 @@ class HFSignalHandler(Callback):
         checkpointer = getattr(self._flow, "checkpointer", None)
         if checkpointer is not None:
             checkpointer.wait()  # an asynchronous save is published before we name the newest checkpoint
-        newest = hf_format.find_last_checkpoint(self.args.output_dir)
+        newest = checkpoint_folders.find_last_checkpoint(self.args.output_dir)
         step = trainer.global_step
         if trainer.is_global_zero:
             print(stop_message(self.agreed, step, newest, str(self.args.output_dir)), file=sys.stderr, flush=True)
