@@ -30,18 +30,12 @@ from typing_extensions import override
 
 from .. import distributed
 from .. import state as hf_state
+from .reporting import LightningLoggers, log_training_start, prints_logs_with_bar, to_callback_metrics, trainer_logger
 from ..schedule import epoch_end_flags, epoch_progress, resolve_interval_steps, resume_position, step_end_flags
 
 __all__ = ["HFFlowCallback", "FlowDecisions", "LightningLoggers"]
 
 log = logging.getLogger(__name__)
-
-
-def _trainer_logger() -> Any:
-    """transformers.Trainer's logger: the messages transformers logs go where its users (and tests) look."""
-    from transformers import trainer
-
-    return trainer.logger
 
 
 # Events whose CallbackHandler method only calls the callbacks (on_step_begin, on_log, on_save, ... also reset
@@ -83,38 +77,6 @@ class FlowDecisions(DefaultFlowCallback):
         control.should_evaluate |= flags.evaluate
         control.should_save |= flags.save
         return control
-
-
-class LightningLoggers(TrainerCallback):
-    """Sends every log record to the ``lightning.Trainer``'s loggers, where transformers' reporting
-    integrations sit in the callback list (after the flow decisions, before user callbacks)."""
-
-    def __init__(self, trainer: pl.Trainer) -> None:
-        self.trainer = trainer
-
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
-        # What transformers' TensorBoardCallback writes at train begin: the args and the model config as text.
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        if not state.is_world_process_zero:
-            return
-        config = getattr(model, "config", None)
-        for logger in self.trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("args", args.to_json_string())
-                if config is not None:
-                    logger.experiment.add_text("model_config", config.to_json_string())
-
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        from transformers.integrations.integration_utils import rewrite_logs
-
-        if not logs:
-            return
-        scalars = {k: v for k, v in rewrite_logs(logs).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        for logger in self.trainer.loggers:
-            logger.log_metrics(scalars, step=state.global_step)
-        if _prints_logs(self.trainer):
-            _print_logs(logs)
 
 
 class _HFTrainingEpochLoop(_TrainingEpochLoop):
@@ -273,7 +235,7 @@ class HFFlowCallback(Callback):
         bridges = [cb for cb in handler.callbacks if isinstance(cb, LightningLoggers)]
         for bridge in bridges:
             bridge.trainer = trainer
-        if not bridges and (trainer.loggers or _prints_logs_with_bar(trainer)):
+        if not bridges and (trainer.loggers or prints_logs_with_bar(trainer)):
             handler.callbacks.insert(1 if handler.callbacks and isinstance(handler.callbacks[0], DefaultFlowCallback) else 0, LightningLoggers(trainer))
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -313,7 +275,7 @@ class HFFlowCallback(Callback):
         if self.resume is not None:
             host.state = state = self.resume["state"]
             if state.best_model_checkpoint is not None and not os.path.isdir(state.best_model_checkpoint):
-                _trainer_logger().warning(
+                trainer_logger().warning(
                     f"The best checkpoint {state.best_model_checkpoint} recorded in the resumed state does not "
                     "exist anymore. Ignoring it for this run."
                 )
@@ -347,7 +309,7 @@ class HFFlowCallback(Callback):
         from ..loops import unwrap_loader
 
         handler.train_dataloader = unwrap_loader(trainer.train_dataloader)
-        _log_training_start(host, plan, args, state, resumed=self.resume is not None, skip=self._skip_groups)
+        log_training_start(host, plan, args, state, resumed=self.resume is not None, skip=self._skip_groups)
         self.event("on_train_begin")
         if args.eval_on_start:
             self._evaluate(trainer, pl_module, skip_scheduler=True)
@@ -451,7 +413,7 @@ class HFFlowCallback(Callback):
         self._sync_tokens()
         self.host.log(logs, self._start_time)
         self.progress_metrics = {"loss": logs["loss"], "lr": logs["learning_rate"]}
-        _to_callback_metrics(trainer, pl_module, {k: logs[k] for k in ("loss", "grad_norm", "learning_rate") if isinstance(logs.get(k), float)})
+        to_callback_metrics(trainer, pl_module, {k: logs[k] for k in ("loss", "grad_norm", "learning_rate") if isinstance(logs.get(k), float)})
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: Any, *, skip_scheduler: bool = False) -> dict[str, float]:
         """The host's ``_evaluate``: ``evaluate()``, the hyper-parameter search report, the plateau scheduler step."""
@@ -580,7 +542,7 @@ class HFFlowCallback(Callback):
         """``Trainer._finalize_training``: the summary log, the best model, the ``save_total_limit=1`` rule, ``on_train_end``."""
         from transformers.trainer_utils import TrainOutput
 
-        _trainer_logger().info("\n\nTraining completed. Do not forget to share your model on huggingface.co/models =)\n\n")
+        trainer_logger().info("\n\nTraining completed. Do not forget to share your model on huggingface.co/models =)\n\n")
         remaining = pl_module.pop_train_loss()
         self._total_loss_scalar += remaining
         steps = self.state.global_step - self._initial_global_step
@@ -626,9 +588,9 @@ class HFFlowCallback(Callback):
                 else:
                     rebuilt.append(new)
                 handler.remove_callback(type(new))
-            _trainer_logger().info("Continuing training from checkpoint, restoring any callbacks that were passed in")
+            trainer_logger().info("Continuing training from checkpoint, restoring any callbacks that were passed in")
         if not_found:
-            _trainer_logger().warning(
+            trainer_logger().warning(
                 f"Checkpoint included callbacks not included in current configuration. Ignoring. ({', '.join(not_found)})"
             )
         for callback in rebuilt:
@@ -653,47 +615,6 @@ class HFFlowCallback(Callback):
         return self.state
 
 
-def _log_training_start(host: Any, plan: Any, args: TrainingArguments, state: TrainerState, *, resumed: bool, skip: int) -> None:
-    """The ``***** Running training *****`` block transformers logs before the first step."""
-    from transformers.trainer_pt_utils import get_model_param_count
-
-    logger = _trainer_logger()
-    batch_size = getattr(host, "_train_batch_size", args.per_device_train_batch_size)
-    logger.info("***** Running training *****")
-    logger.info(f"  Num examples = {plan.num_examples:,}")
-    logger.info(f"  Num Epochs = {plan.num_train_epochs:,}")
-    logger.info(f"  Num update steps per epoch = {plan.updates_per_epoch:,}")
-    logger.info(f"  Instantaneous batch size per device = {args.per_device_train_batch_size:,}")
-    if args.per_device_train_batch_size != batch_size:
-        logger.info(f"  Training with DataParallel so batch size has been adjusted to: {batch_size:,}")
-    logger.info(f"  Total train batch size (w. parallel, distributed & accumulation) = {plan.total_train_batch_size:,}")
-    logger.info(f"  Gradient Accumulation steps = {args.gradient_accumulation_steps}")
-    logger.info(f"  Total optimization steps = {plan.max_steps:,}")
-    logger.info(f"  Number of trainable parameters = {get_model_param_count(host.model, trainable_only=True):,}")
-    if resumed:
-        epochs = state.global_step // max(plan.updates_per_epoch, 1)
-        logger.info(f"  Resuming training from checkpoint with epoch {epochs} and global step {state.global_step}")
-        if not args.ignore_data_skip:
-            logger.info(
-                f"  Fast-forwarding the dataloader past {epochs} epochs and {skip * args.gradient_accumulation_steps} "
-                "batches to resume from the exact training state."
-            )
-
-
-def _to_callback_metrics(trainer: pl.Trainer, pl_module: Any, values: dict[str, float]) -> None:
-    """Put the training log's values in ``trainer.callback_metrics`` (what EarlyStopping/ModelCheckpoint monitor).
-
-    Straight into the dict Lightning's ``callback_metrics`` returns: ``LightningModule.log`` would build a
-    torchmetrics-backed result per key at every logging step, for scalars already reduced over the ranks.
-    """
-    metrics = getattr(trainer._logger_connector, "_callback_metrics", None)
-    if isinstance(metrics, dict):
-        metrics.update({key: torch.tensor(value) for key, value in values.items()})
-        return
-    for key, value in values.items():  # pragma: no cover - another Lightning version
-        pl_module.log(key, torch.tensor(value), logger=False, on_step=True, on_epoch=False)
-
-
 def _init_training_references(host: Any, state: TrainerState, plan: Any, trial: Any, trainer: pl.Trainer) -> None:
     """``TrainerState.init_training_references``: trial name/params, step counts, process-zero flags."""
     hp_name = getattr(host, "hp_name", None)
@@ -708,40 +629,6 @@ def _init_training_references(host: Any, state: TrainerState, plan: Any, trial: 
     state.num_train_epochs = plan.num_train_epochs
     state.is_local_process_zero = trainer.local_rank == 0
     state.is_world_process_zero = trainer.global_rank == 0
-
-
-def _prints_logs_with_bar(trainer: pl.Trainer) -> bool:
-    from .progress import HFProgressBar
-
-    return isinstance(trainer.progress_bar_callback, HFProgressBar)
-
-
-def _prints_logs(trainer: pl.Trainer) -> bool:
-    """transformers' ProgressCallback writes log dicts while its training bar exists; so does ``HFProgressBar``."""
-    from .progress import HFProgressBar
-
-    return (
-        trainer.is_global_zero
-        and isinstance(trainer.progress_bar_callback, HFProgressBar)
-        and trainer.state.fn == "fit"
-        and trainer.training
-    )
-
-
-def _print_logs(logs: dict[str, Any], max_str_len: int = 100) -> None:
-    # transformers' ProgressCallback.on_log: floats as .4g, long strings elided, no total_flos, above the bar.
-    shown: dict[str, Any] = {}
-    for key, value in logs.items():
-        if isinstance(value, str) and len(value) > max_str_len:
-            shown[key] = f"[String too long to display, length: {len(value)} > {max_str_len}. Consider increasing `max_str_len` if needed.]"
-        elif isinstance(value, float):
-            shown[key] = f"{value:.4g}"
-        else:
-            shown[key] = value
-    shown.pop("total_flos", None)
-    from tqdm.auto import tqdm
-
-    tqdm.write(str(shown))
 
 
 def _validate_fit(args: TrainingArguments, trainer: pl.Trainer, pl_module: Any) -> None:
