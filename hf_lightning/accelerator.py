@@ -165,7 +165,14 @@ class LightningAccelerator:
         if self.module is None or self.trainer is None:
             loss.backward(**kwargs)
             return
-        self.module.manual_backward(loss, **kwargs)
+        # Lightning's bf16-mixed autocasts the whole step; accelerate only the forward. On CPU the backward runs
+        # on this thread, so it would run under autocast and round the gradients differently from transformers.
+        device_type = loss.device.type
+        outside_autocast = (
+            torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else contextlib.nullcontext()
+        )
+        with outside_autocast:
+            self.module.manual_backward(loss, **kwargs)
 
     @contextlib.contextmanager
     def no_sync(self, model: nn.Module | None = None) -> Iterator[None]:
