@@ -185,9 +185,12 @@ class LightningAccelerator:
 
     @contextlib.contextmanager
     def autocast(self, autocast_handler: Any = None) -> Iterator[None]:
-        """Lightning's precision context (autocast under ``bf16-mixed``/``16-mixed``)."""
+        """The run's autocast (under ``bf16-mixed``/``16-mixed``), also where only the model's forward autocasts."""
         plugin = getattr(self.trainer, "precision_plugin", None)
-        context = plugin.forward_context() if plugin is not None else contextlib.nullcontext()
+        if hasattr(plugin, "autocast_context_manager"):
+            context = plugin.autocast_context_manager()
+        else:
+            context = plugin.forward_context() if plugin is not None else contextlib.nullcontext()
         with context:
             yield
 
