@@ -165,7 +165,14 @@ class LightningAccelerator:
         if self.module is None or self.trainer is None:
             loss.backward(**kwargs)
             return
-        self.module.manual_backward(loss, **kwargs)
+        # Lightning's bf16-mixed autocasts the whole step; accelerate only the forward. On CPU the backward runs
+        # on this thread, so it would run under autocast and round the gradients differently from transformers.
+        device_type = loss.device.type
+        outside_autocast = (
+            torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else contextlib.nullcontext()
+        )
+        with outside_autocast:
+            self.module.manual_backward(loss, **kwargs)
 
     @contextlib.contextmanager
     def no_sync(self, model: nn.Module | None = None) -> Iterator[None]:
@@ -178,9 +185,12 @@ class LightningAccelerator:
 
     @contextlib.contextmanager
     def autocast(self, autocast_handler: Any = None) -> Iterator[None]:
-        """Lightning's precision context (autocast under ``bf16-mixed``/``16-mixed``)."""
+        """The run's autocast (under ``bf16-mixed``/``16-mixed``), also where only the model's forward autocasts."""
         plugin = getattr(self.trainer, "precision_plugin", None)
-        context = plugin.forward_context() if plugin is not None else contextlib.nullcontext()
+        if hasattr(plugin, "autocast_context_manager"):
+            context = plugin.autocast_context_manager()
+        else:
+            context = plugin.forward_context() if plugin is not None else contextlib.nullcontext()
         with context:
             yield
 

@@ -64,7 +64,7 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "average_tokens_across_devices": (HONOURED, "`num_items_in_batch` summed over ranks and the loss scaled by the world size"),
     "max_grad_norm": (HONOURED, "clipping after unscaling, also with fused AdamW under fp16; the pre-clip norm is logged"),
     "label_smoothing_factor": (HONOURED, "transformers' `LabelSmoother`, with the causal-LM shift"),
-    "bf16": (HONOURED, "Lightning precision `bf16-mixed`"),
+    "bf16": (HONOURED, "Lightning precision `bf16-mixed`, autocasting the model's forward only, as accelerate does"),
     "fp16": (HONOURED, "Lightning precision `16-mixed` with a GradScaler on GPU; on CPU full fp32, as transformers does (accelerate has no CPU fp16 autocast)"),
     "bf16_full_eval": (HONOURED, "`evaluate()`/`predict()` outside training cast the model to bf16 (it stays cast, as in transformers)"),
     "fp16_full_eval": (HONOURED, "`evaluate()`/`predict()` outside training cast the model to fp16 (it stays cast, as in transformers)"),

@@ -29,6 +29,7 @@ from .callbacks.signals import HFSignalHandler
 from .callbacks.progress import HFProgressBar
 from .checkpoint_io import HFCheckpointIO
 from .console import lightning_banners_muted
+from .precision import ForwardAutocastPrecision
 
 __all__ = ["build_trainer", "make_loggers", "lightning_info_muted"]
 
@@ -152,12 +153,14 @@ def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool) ->
         kwargs["deterministic"] = True
     kwargs.update(overrides)
     kwargs.setdefault("profiler", _NoProfiler())
-    kwargs["precision"] = precision_for(args, _device_type(kwargs.get("accelerator", "auto")))
+    device_type = _device_type(kwargs.get("accelerator", "auto"))
+    kwargs["precision"] = precision_for(args, device_type)
     if kwargs["enable_progress_bar"] and not any(isinstance(cb, ProgressBar) for cb in pl_callbacks):
         kwargs["callbacks"].append(HFProgressBar())
     strategy = distributed.resolve_strategy(args, kwargs)
     if strategy is not None:
         kwargs["strategy"] = strategy
+    _autocast_the_forward_only(kwargs, device_type)
     with lightning_banners_muted():  # quiet by default (issue 11): no hardware/tip banners, see console.BANNERS
         trainer = pl.Trainer(**kwargs)
     distributed.prepare_launcher(trainer)
@@ -289,6 +292,21 @@ def _user_loggers(logger: Any, args: TrainingArguments) -> list[Any]:
     if bad:
         raise TypeError(f"`logger` must be Lightning Loggers; got {bad}.")
     return loggers
+
+
+def _autocast_the_forward_only(kwargs: dict[str, Any], device_type: str) -> None:
+    """bf16/fp16 as accelerate applies them (precision.py) wherever Lightning's ``MixedPrecision`` would serve: on
+    one device or under DDP, with no precision plugin of the user's. FSDP keeps its own plugin."""
+    from lightning.pytorch.plugins.precision import Precision
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    strategy = kwargs.get("strategy")
+    plain = strategy in (None, "auto") or (
+        isinstance(strategy, (DDPStrategy, SingleDeviceStrategy)) and not distributed.is_sharded(strategy)
+    )
+    if kwargs["precision"] not in ("bf16-mixed", "16-mixed") or not plain or any(isinstance(p, Precision) for p in kwargs["plugins"]):
+        return
+    kwargs["plugins"] = [*kwargs["plugins"], ForwardAutocastPrecision(kwargs.pop("precision"), device_type)]
 
 
 def _device_type(accelerator: Any) -> str:

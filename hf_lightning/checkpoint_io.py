@@ -25,7 +25,7 @@ __all__ = ["HFCheckpointIO", "MODEL_PREFIX", "EXTRAS_KEY", "is_hf_checkpoint"]
 
 MODEL_PREFIX = "model."
 EXTRAS_KEY = "hf_lightning"
-_PRECISION_KEYS = ("MixedPrecision", "FSDPPrecision", "HalfPrecision")
+_PRECISION_KEYS = ("MixedPrecision", "ForwardAutocastPrecision", "FSDPPrecision", "HalfPrecision")  # Lightning's key: the plugin's class name
 
 
 def is_hf_checkpoint(path: str | os.PathLike) -> bool:

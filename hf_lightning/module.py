@@ -29,6 +29,7 @@ from . import distributed
 from .callbacks.metrics import TorchMetrics
 from .data import GroupedLoader, micro_batches
 from .hooks import TrainerHooks, is_plateau_scheduler
+from .precision import autocast_forward, is_forward_autocast
 from .schedule import TrainPlan, plan_training
 
 __all__ = ["HFModule"]
@@ -179,6 +180,9 @@ class HFModule(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        plugin = self.trainer.precision_plugin
+        if is_forward_autocast(plugin):  # bf16/fp16 as accelerate applies them: autocast in the model's forward only
+            autocast_forward(self.model, plugin)
         if stage != "fit":
             return
         args = self.args

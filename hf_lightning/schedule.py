@@ -134,13 +134,17 @@ def resume_position(
     return epochs_trained, updates_to_skip
 
 
-def resolve_interval_steps(value: float | int | None, max_steps: int, default: int = 500) -> int:
-    """``TrainerState.compute_steps`` for one of logging/eval/save steps: ratios in [0, 1) become ``ceil``."""
+def resolve_interval_steps(value: float | int | None, max_steps: int, default: int = 500) -> float | int:
+    """``TrainerState.compute_steps`` for one of logging/eval/save steps: ratios in [0, 1) become ``ceil``.
+
+    Other values are kept as they are, type included: ``--logging_steps 1`` parses to ``1.0``, which
+    TrainingArguments only turns into an int above 1, and trainer_state.json then says ``1.0`` as transformers'.
+    """
     if value is None:
         return default
     if value < 1:
         return math.ceil(max_steps * value)
-    return int(value)
+    return value
 
 
 @dataclass

@@ -51,6 +51,26 @@ def test_plain_lightning_trainer_runs_like_build_trainer(tmp_path):
     assert not list((tmp_path / "plain").rglob("*.ckpt"))  # Lightning's default checkpointing gave way to checkpoint-N
 
 
+def test_plain_lightning_trainer_keeps_its_own_bf16_mixed(tmp_path):
+    """``precision="bf16-mixed"`` in one's own lightning.Trainer keeps Lightning's plugin, which autocasts each step;
+    ``build_trainer`` autocasts the model's forward only, as accelerate does for transformers (precision.py)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from hf_lightning.precision import ForwardAutocastPrecision
+
+    plain = pl.Trainer(**{**PLAIN, "precision": "bf16-mixed"})
+    plain_module = _fit(plain, make_args(tmp_path / "plain", **ARGS, bf16=True))
+    built_args = make_args(tmp_path / "built", **ARGS, bf16=True)
+    built = hf_lightning.build_trainer(built_args, enable_progress_bar=False)
+    built_module = _fit(built, built_args)
+    assert type(plain.precision_plugin) is MixedPrecision and "_original_forward" not in plain_module.model.__dict__
+    assert type(built.precision_plugin) is ForwardAutocastPrecision and "_original_forward" in built_module.model.__dict__
+    assert plain.precision == built.precision == "bf16-mixed"
+    for module in (plain_module, built_module):
+        losses = [e["loss"] for e in module.hooks.state.log_history if "loss" in e]
+        assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
+
+
 def test_user_logger_gets_every_record(tmp_path):
     args = make_args(tmp_path, **ARGS)
     trainer = pl.Trainer(**{**PLAIN, "logger": CSVLogger(tmp_path / "csv", name="run")})

@@ -127,6 +127,18 @@ def _steps_where(flag: str, max_steps: int, **kwargs) -> list[int]:
     return found
 
 
+@pytest.mark.parametrize("logging,evals,saves", [(1.0, 1.0, 1.0), (1.0, 3.0, 0.5), (0.25, 2.0, 500)])
+def test_interval_steps_keep_transformers_types(logging, evals, saves):
+    """``--logging_steps 1`` parses to 1.0, which TrainingArguments keeps a float (it casts only values above 1):
+    trainer_state.json then says ``"logging_steps": 1.0``, as transformers' (seen running run_glue.py)."""
+    args = _args(logging_steps=logging, eval_steps=evals, save_steps=saves, eval_strategy="steps", save_strategy="steps")
+    state = TrainerState()
+    state.compute_steps(args, 10)
+    ours = [resolve_interval_steps(getattr(args, f"{k}_steps"), 10) for k in ("logging", "eval", "save")]
+    expected = [state.logging_steps, state.eval_steps, state.save_steps]
+    assert [(v, type(v)) for v in ours] == [(v, type(v)) for v in expected]
+
+
 def test_golden_facts_4_to_9_as_step_lists():
     ratios = dict(logging_steps=0.25, eval_steps=0.4, save_steps=0.5, eval_strategy="steps", save_strategy="steps")
     assert [resolve_interval_steps(r, 14) for r in (0.25, 0.4, 0.5)] == [4, 6, 7]  # fact 4
