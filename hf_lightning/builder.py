@@ -193,6 +193,7 @@ def adopt_trainer(trainer: pl.Trainer, args: TrainingArguments) -> list[Callback
     trainer.num_sanity_val_steps = 0
     trainer.log_every_n_steps = 1  # logging follows logging_steps (HFFlowCallback); no "smaller than the logging interval"
     _add_report_to_loggers(trainer, args)
+    _autocast_the_forward_only_in(trainer)
     for loop in (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop, trainer.test_loop):
         loop.inference_mode = False  # as build_trainer: tensors a model caches while evaluating stay usable in training
     if type(trainer.profiler) is PassThroughProfiler:
@@ -307,6 +308,18 @@ def _autocast_the_forward_only(kwargs: dict[str, Any], device_type: str) -> None
     if kwargs["precision"] not in ("bf16-mixed", "16-mixed") or not plain or any(isinstance(p, Precision) for p in kwargs["plugins"]):
         return
     kwargs["plugins"] = [*kwargs["plugins"], ForwardAutocastPrecision(kwargs.pop("precision"), device_type)]
+
+
+def _autocast_the_forward_only_in(trainer: pl.Trainer) -> None:
+    """A plain trainer's Lightning ``MixedPrecision`` becomes ``ForwardAutocastPrecision``, as ``build_trainer`` makes it
+    (the same rule: one device or DDP; FSDP and precision plugins of the user's own are kept)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    strategy, plugin = trainer.strategy, trainer.strategy.precision_plugin
+    plain = isinstance(strategy, (DDPStrategy, SingleDeviceStrategy)) and not distributed.is_sharded(strategy)
+    if type(plugin) is MixedPrecision and plugin.precision in ("bf16-mixed", "16-mixed") and plain:
+        strategy.precision_plugin = ForwardAutocastPrecision(plugin.precision, plugin.device, scaler=plugin.scaler)
 
 
 def _device_type(accelerator: Any) -> str:

@@ -9,8 +9,9 @@ and so does what ``generate`` computes between forwards (the encoder of an encod
 ``ForwardAutocastPrecision`` keeps everything else of Lightning's plugin (its precision name, the fp16 GradScaler,
 gradient clipping rules) and only drops the step-wide autocast; ``autocast_forward`` wraps the model the way
 accelerate does. ``build_trainer`` (and so ``hf_lightning.Trainer``) uses both for ``bf16``/``fp16`` on one device
-or under DDP; FSDP keeps Lightning's plugin. An ``HFModule`` in a ``lightning.Trainer`` of one's own keeps that
-trainer's plugin as it is (each step autocast, Lightning's way).
+or under DDP; FSDP keeps Lightning's plugin. An ``HFModule`` in a ``lightning.Trainer`` of one's own gets the same:
+its Lightning ``MixedPrecision`` is swapped for this one when the module attaches (``builder.adopt_trainer``); a
+precision plugin of another kind is kept.
 """
 
 from __future__ import annotations
