@@ -104,6 +104,10 @@ def run_evaluation(
                 datamodule.pending_loader = None
     finally:
         module.eval_request = None
+    # transformers' evaluation_loop leaves the model in eval mode until the next training_step calls model.train();
+    # Lightning's loops put it back in training mode. Code that runs after an evaluation reads the mode (TRL's
+    # `log` tells evaluation records from training ones by `self.model.training`).
+    module.model.eval()
     if request.output is None:
         raise RuntimeError(f"The {description.lower()} loop ran no batch: is the dataloader empty?")
     return request.output

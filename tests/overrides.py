@@ -150,6 +150,7 @@ class CustomLog:
 
     def log(self, logs, start_time=None):
         logs["custom"] = self.state.global_step * 10
+        logs["model_training"] = int(self.model.training)  # eval records: the model is still in eval mode (TRL reads it)
         CALLS.append(("log", tuple(sorted(logs))))
         super().log(logs, start_time)
 

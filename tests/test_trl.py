@@ -1,0 +1,61 @@
+"""TRL's ``SFTTrainer`` on Lightning through ``on_lightning``: the same run as on transformers.Trainer.
+
+TRL's trainers subclass transformers.Trainer and override its points (``compute_loss`` with token accuracy and
+entropy, ``log``, ``_prepare_dataset``, their own collator); ``on_lightning(SFTTrainer)`` puts hf_lightning.Trainer
+under them. Skipped when TRL is not installed (``pip install "hf_lightning[trl]"``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import transformers
+
+import hf_lightning
+from helpers import LIGHTNING_QUIET, assert_same_history, assert_same_weights
+from tiny import write_tokenizer
+
+trl = pytest.importorskip("trl")
+
+
+def _run(trainer_class, out, tokenizer, **trainer_kwargs):
+    import datasets
+
+    texts = [f"the cat sat on the mat {i} times" for i in range(24)]
+    train = datasets.Dataset.from_dict({"text": texts})
+    dev = datasets.Dataset.from_dict({"text": texts[:8]})
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    args = trl.SFTConfig(
+        output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=4, logging_steps=1,
+        eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, learning_rate=1e-3, max_length=32,
+        report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+    )
+    trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=dev, processing_class=tokenizer,
+                            **trainer_kwargs)
+    trainer.train()
+    return trainer
+
+
+def test_sft_trainer_on_lightning_equals_trl(tmp_path):
+    tokenizer = write_tokenizer(tmp_path / "tokenizer")
+    tokenizer.eos_token = "[SEP]"
+    lightning_sft = hf_lightning.on_lightning(trl.SFTTrainer)
+    assert issubclass(lightning_sft, trl.SFTTrainer) and issubclass(lightning_sft, hf_lightning.Trainer)
+
+    stock = _run(trl.SFTTrainer, tmp_path / "trl", tokenizer)
+    ours = _run(lightning_sft, tmp_path / "hl", tokenizer, **LIGHTNING_QUIET)
+
+    history = ours.state.log_history
+    assert {"entropy", "mean_token_accuracy", "num_tokens"} <= set(history[0])  # TRL's own log keys came through
+    assert any("eval_mean_token_accuracy" in entry for entry in history)
+    assert_same_history(stock.state.log_history, history)
+    assert_same_weights(stock.model, ours.model, atol=0.0)
+    for step in ("checkpoint-2", "checkpoint-4"):
+        assert sorted(os.listdir(tmp_path / "trl" / step)) == sorted(os.listdir(tmp_path / "hl" / step))
