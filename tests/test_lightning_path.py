@@ -268,3 +268,21 @@ class _CountBatches(pl.Callback):
 
     def on_train_batch_end(self, *args, **kwargs):
         self.batches += 1
+
+
+def test_validate_and_test_return_transformers_metrics(tmp_path, capsys):
+    """``lightning.Trainer.validate``/``test`` return (and with ``verbose`` print) each dataloader's metrics under
+    transformers' names, as ``evaluate()``/``predict()`` compute them."""
+    args = make_args(tmp_path, **ARGS)
+    data = hf_lightning.HFDataModule(args, train_dataset=RegressionDataset(16), test_dataset=RegressionDataset(4, seed=2),
+                                     eval_dataset={"a": RegressionDataset(8, seed=1), "b": RegressionDataset(4, seed=5)})
+    module = hf_lightning.HFModule(TinyReg(), args)
+    trainer = pl.Trainer(**PLAIN)
+    trainer.fit(module, datamodule=data)
+    validated = trainer.validate(module, datamodule=data, verbose=True)
+    assert [sorted(k for k in r if k.endswith("_loss")) for r in validated] == [["eval_a_loss"], ["eval_b_loss"]]
+    last = module.hooks.state.log_history[-2:]  # the records validate() added, one per eval set
+    assert validated[0]["eval_a_loss"] == last[0]["eval_a_loss"] and validated[1]["eval_b_loss"] == last[1]["eval_b_loss"]
+    assert "eval_a_loss" in capsys.readouterr().out  # Lightning's results table
+    tested = trainer.test(module, datamodule=data, verbose=False)
+    assert len(tested) == 1 and tested[0]["test_loss"] > 0 and "test_runtime" in tested[0]

@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, ExportableState, PrinterCallback
@@ -84,7 +85,7 @@ class _HFTrainingEpochLoop(_TrainingEpochLoop):
 
     Lightning validates on batch counts; transformers after the decisions of each optimizer step (user
     callbacks can ask for one). The flow callback runs those evaluations itself; this loop only stops
-    scheduling its own. This is the one override of Lightning's loops in hf_lightning.
+    scheduling its own.
     """
 
     def _flow(self) -> HFFlowCallback | None:
@@ -114,6 +115,38 @@ def install_epoch_loop(trainer: pl.Trainer) -> None:
         loop.__class__ = _HFTrainingEpochLoop
 
 
+class _HFEvaluationLoop(_EvaluationLoop):
+    """Lightning's validate/test loop, returning the metrics of transformers' evaluation.
+
+    ``lightning.Trainer.validate``/``test`` return what was logged for the loggers; hf_lightning writes the evaluation
+    record to the loggers itself (under transformers' names, once), so the loop adds each dataloader's metrics
+    (``eval_loss``, ``eval_<metric>``, ...) to what it returns.
+    """
+
+    @override
+    def run(self) -> list[dict[str, Any]]:
+        verbose, self.verbose = self.verbose, False  # Lightning would print its table before the metrics are added
+        try:
+            outputs = super().run()
+        finally:
+            self.verbose = verbose
+        flow = next((cb for cb in self.trainer.callbacks if isinstance(cb, HFFlowCallback)), None)
+        if flow is not None and flow.loop_results:
+            recorded, flow.loop_results = flow.loop_results, []
+            outputs = list(outputs) + [{} for _ in range(len(recorded) - len(outputs))]
+            outputs = [{**out, **metrics} for out, metrics in zip(outputs, recorded)] + outputs[len(recorded):]
+        if verbose and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self._print_results(outputs, self._stage.value)
+        return outputs
+
+
+def install_evaluation_loops(trainer: pl.Trainer) -> None:
+    """Switch ``trainer.validate_loop``/``test_loop`` to ``_HFEvaluationLoop`` (same state, transformers' metrics returned)."""
+    for loop in (trainer.validate_loop, trainer.test_loop):
+        if type(loop) is _EvaluationLoop:
+            loop.__class__ = _HFEvaluationLoop
+
+
 class HFFlowCallback(Callback):
     """transformers.Trainer's logging/evaluation/saving schedule, ``TrainerState`` and ``TrainerCallback`` events.
 
@@ -131,6 +164,8 @@ class HFFlowCallback(Callback):
         self.last_train_output: Any = None
         self.last_eval_metrics: dict[str, Any] = {}
         self.last_predictions: list[tuple[str, Any]] = []
+        self.loop_results: list[dict[str, Any]] = []
+        """Metrics of each dataloader of the validate/test loop Lightning runs now (``_HFEvaluationLoop`` returns them)."""
         self.resume: dict[str, Any] | None = None
         self.ignore_keys_for_eval: list[str] | None = None
         self.trial: Any = None
@@ -247,6 +282,7 @@ class HFFlowCallback(Callback):
         if stage == "fit":
             _validate_fit(self.args, trainer, pl_module)
             install_epoch_loop(trainer)
+        install_evaluation_loops(trainer)
         from transformers.utils import logging as hf_logging
 
         from ..arguments import process_log_level
@@ -526,6 +562,7 @@ class HFFlowCallback(Callback):
                 world_size=trainer.world_size,
             )
         )
+        self.loop_results.append(dict(metrics))
         if stage == "validate":
             self.host.log(metrics)
             self.event("on_evaluate", metrics=metrics)
