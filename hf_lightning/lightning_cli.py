@@ -237,12 +237,21 @@ class HFArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         usage = " ".join(parser.format_usage().split()).removeprefix("usage: ")
+        message = message.strip() + _overlap_hints(message)
         name = getattr(parser, "hf_subcommand", None)
         sys.stderr.write(
-            f"usage: {usage}\nerror: {message.strip()}\n"
+            f"usage: {usage}\nerror: {message}\n"
             f"For the options and their help: {PROG}{' ' + name if name else ''} --help\n"
         )
         self.exit(2)
+
+
+def _overlap_hints(message: str) -> str:
+    """One line per Lightning setting in ``message`` that TrainingArguments owns (``trainer.max_epochs`` -> ``args.num_train_epochs``)."""
+    from . import overlaps
+
+    hints = dict.fromkeys(overlaps.cli_hint(name) for name in re.findall(r"\btrainer\.(\w+)", message))
+    return "".join(f"\n{hint}" for hint in hints if hint)
 
 
 def _list_classes_on_bare_help(parser: LightningArgumentParser, command: str) -> None:

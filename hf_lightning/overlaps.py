@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["OVERLAPS", "REFUSED", "reconcile", "apply", "lightning_settings_of", "LIGHTNING_DEFAULTS"]
+__all__ = ["OVERLAPS", "REFUSED", "reconcile", "apply", "lightning_settings_of", "LIGHTNING_DEFAULTS", "cli_hint"]
 
 
 def _epochs(value: Any, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,6 +254,26 @@ def apply(args: Any, lightning: Mapping[str, Any]) -> dict[str, Any]:
     if "eval_strategy" in updates and getattr(args, "do_eval", None) is False:
         args.do_eval = True  # what TrainingArguments.__post_init__ does for an evaluation strategy
     return updates
+
+
+def cli_hint(name: str, section: str = "trainer", args_section: str = "args") -> str | None:
+    """What to write instead of ``<section>.<name>`` in an hf-lightning config, when ``name`` is a Lightning setting
+    this rule covers (the CLI's ``trainer`` section only takes the settings TrainingArguments has no word for).
+
+    Args:
+        name: the lightning.Trainer setting the config gave (e.g. ``max_epochs``).
+        section: the config section it was given in.
+        args_section: the config section of the TrainingArguments.
+    """
+    if name in REFUSED:
+        return f"`{section}.{name}` is not supported: {REFUSED[name]}."
+    if name not in OVERLAPS:
+        return None
+    fields = OVERLAPS[name][0]
+    if not fields:
+        return f"`{section}.{name}`: transformers clips by the gradient norm only (`{args_section}.max_grad_norm`)."
+    instead = " / ".join(f"`{args_section}.{field}`" for field in fields)
+    return f"`{section}.{name}` is a TrainingArguments setting in hf-lightning: set {instead} instead."
 
 
 def lightning_settings_of(trainer: Any) -> dict[str, Any]:

@@ -249,6 +249,9 @@ def test_overrides_and_print_config(workdir, tmp_path, capsys):
         (["--bogus", "1"], "unrecognized arguments: --bogus"),
         (["--ckpt_path", "/no/such/checkpoint-3"], "ckpt_path: '/no/such/checkpoint-3' does not exist"),
         (["--model.config", '{"model_type": "bert", "hiden_size": 16}'], "model.config.hiden_size"),
+        (["--trainer.max_epochs", "3"], "`trainer.max_epochs` is a TrainingArguments setting in hf-lightning: set `args.num_train_epochs` instead."),
+        (["--trainer", '{"accumulate_grad_batches": 2}'], "set `args.gradient_accumulation_steps` instead"),
+        (["--trainer.limit_train_batches", "2"], "`trainer.limit_train_batches` is not supported: the training length comes from"),
     ],
 )
 def test_config_errors_name_the_key(workdir, tmp_path, capsys, overrides, key):

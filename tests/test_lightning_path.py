@@ -286,3 +286,46 @@ def test_validate_and_test_return_transformers_metrics(tmp_path, capsys):
     assert "eval_a_loss" in capsys.readouterr().out  # Lightning's results table
     tested = trainer.test(module, datamodule=data, verbose=False)
     assert len(tested) == 1 and tested[0]["test_loss"] > 0 and "test_runtime" in tested[0]
+
+
+class _BatchOnly(hf_lightning.HFModule):
+    """A subclass whose ``training_step`` takes no ``batch_idx``, as Lightning allows."""
+
+    seen: list[str]
+
+    def training_step(self, batch):  # type: ignore[override]
+        self.seen.append("batch-only")
+        return super().training_step(batch, -1)
+
+
+class _Indexed(hf_lightning.HFModule):
+    seen: list[int]
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch_idx)
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("module_class, expected", [(_BatchOnly, ["batch-only"] * 4), (_Indexed, [0, 1, 2, 3])])
+def test_training_step_gets_batch_idx_only_when_its_signature_has_it(tmp_path, module_class, expected):
+    """The training epoch loop reads training_step's signature once per function (Lightning reads it every batch)."""
+    args = make_args(tmp_path, **{**ARGS, "num_train_epochs": 1, "eval_strategy": "no", "save_strategy": "no"})
+    module = module_class(TinyReg(), args)
+    module.seen = []
+    pl.Trainer(**PLAIN).fit(module, datamodule=_data(args))
+    assert module.seen == expected
+
+
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("max_epochs", "`trainer.max_epochs` is a TrainingArguments setting in hf-lightning: set `args.num_train_epochs` instead."),
+        ("precision", "`trainer.precision` is a TrainingArguments setting in hf-lightning: set `args.bf16` / `args.fp16` instead."),
+        ("gradient_clip_algorithm", "`trainer.gradient_clip_algorithm`: transformers clips by the gradient norm only (`args.max_grad_norm`)."),
+        ("fast_dev_run", "`trainer.fast_dev_run` is not supported: no transformers equivalent; use `max_steps` and a small `eval_dataset`."),
+        ("accelerator", None),  # the CLI's trainer section takes it
+        ("benchmark", None),  # not covered by the rule: the parser's own error stands
+    ],
+)
+def test_cli_hint_for_lightning_settings_the_config_cannot_take(name, hint):
+    assert overlaps.cli_hint(name) == hint

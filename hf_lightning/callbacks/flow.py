@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, ExportableState, PrinterCallback
 from typing_extensions import override
@@ -93,6 +94,20 @@ class _HFTrainingEpochLoop(_TrainingEpochLoop):
             if isinstance(callback, HFFlowCallback):
                 return callback
         return None
+
+    @override
+    def _build_kwargs(self, kwargs: Any, batch: Any, batch_idx: int) -> Any:
+        # Lightning inspects training_step's signature (inspect.getfullargspec, ~35 us) on every batch; the
+        # answer is the same for as long as training_step is the same function.
+        step = self.trainer.lightning_module.training_step
+        key = getattr(step, "__func__", step)
+        cached = self.__dict__.get("_step_kwargs_for")
+        if cached is None or cached[0] is not key:
+            cached = self._step_kwargs_for = (key, is_param_in_hook_signature(step, "batch_idx", min_args=2))
+        kwargs["batch"] = batch
+        if cached[1]:
+            kwargs["batch_idx"] = batch_idx
+        return kwargs
 
     @override
     def _should_check_val_fx(self, data_fetcher: Any) -> bool:
