@@ -9,6 +9,7 @@ Usage::
     python benchmarks/profile_step.py --runner hf_lightning --workload tiny-bert-cpu
     python benchmarks/profile_step.py --runner all --workload tiny-bert-cpu --ops-only   # aten ops per step, all runners
     python benchmarks/profile_step.py --runner hf_lightning --trace /tmp/hl_trace.json
+    python benchmarks/profile_step.py --runner all --phases --steps 1500     # ms per step in forward/backward/clip/optimizer/rest
     py-spy record -r 250 -o hl.svg -- python benchmarks/profile_step.py --runner hf_lightning --no-profiler --steps 1000
 """
 
@@ -43,6 +44,95 @@ class ProfiledClock(common.StepClock):
             self.profiler.start()
         elif step == self.workload.max_steps:
             self.profiler.stop()
+
+
+class PhaseTimer:
+    """Wall time per optimizer step in the model's forward, ``backward``, gradient clipping and ``optimizer.step``, each
+    exclusive of the others (Lightning clips inside the optimizer's closure), and the rest: what the loop around them costs.
+
+    Wraps the entry points every runner goes through; only the timed window (after the warm-up steps) is counted.
+    """
+
+    PHASES = ("forward", "backward", "clip", "optimizer")
+
+    def __init__(self) -> None:
+        self.on = False
+        self.total = dict.fromkeys(self.PHASES, 0.0)
+        self._stack: list[float] = []  # time spent in nested timed calls, per open call
+
+    def wrap(self, phase: str, fn: Any) -> Any:
+        import functools
+        import time
+
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.on:
+                return fn(*args, **kwargs)
+            self._stack.append(0.0)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                nested = self._stack.pop()
+                self.total[phase] += elapsed - nested
+                if self._stack:
+                    self._stack[-1] += elapsed
+
+        return timed
+
+    def install(self) -> None:
+        import torch
+        from transformers import Trainer
+
+        build = common.build_model
+
+        def build_model(workload: common.Workload) -> Any:
+            model = build(workload)
+            model.forward = self.wrap("forward", model.forward)
+            return model
+
+        common.build_model = build_model
+        torch.Tensor.backward = self.wrap("backward", torch.Tensor.backward)
+        torch.nn.utils.clip_grad_norm_ = self.wrap("clip", torch.nn.utils.clip_grad_norm_)  # the loop, hf_lightning
+        Trainer._clip_grad_norm = self.wrap("clip", Trainer._clip_grad_norm)  # transformers (through accelerate)
+        torch.optim.AdamW.step = self.wrap("optimizer", torch.optim.AdamW.step)
+
+
+class PhaseClock(common.StepClock):
+    def __init__(self, workload: common.Workload, timer: PhaseTimer) -> None:
+        super().__init__(workload)
+        self.timer = timer
+
+    def end(self, step: int) -> None:
+        super().end(step)
+        if step == self.workload.warmup_steps:
+            self.timer.on = True
+        elif step == self.workload.max_steps:
+            self.timer.on = False
+
+
+def phases(runner: str, workload: common.Workload) -> str:
+    """One line: ms per step in each phase and the rest, for ``runner``."""
+    import tempfile
+
+    import torch
+
+    if workload.threads:
+        torch.set_num_threads(workload.threads)
+    timer = PhaseTimer()
+    timer.install()
+    clock = PhaseClock(workload, timer)
+    with tempfile.TemporaryDirectory() as tmp:
+        if runner == "loop":
+            bench_step.run_loop(workload, tmp, clock)
+        else:
+            bench_step.run_trainer(workload, tmp, runner, clock)
+    steps = workload.timed_steps
+    step_ms = 1000 * (clock.step_end[workload.max_steps] - clock.step_end[workload.warmup_steps]) / steps
+    parts = {phase: 1000 * seconds / steps for phase, seconds in timer.total.items()}
+    rest = step_ms - sum(parts.values())
+    return f"{runner:>12}: step {step_ms:.3f} ms = " + " + ".join(f"{phase} {ms:.3f}" for phase, ms in parts.items()) + f" + rest {rest:.3f}"
 
 
 def profile(runner: str, workload: common.Workload, *, use_profiler: bool, trace: str | None, rows: int) -> dict[str, Any]:
@@ -87,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trace", help="write a Chrome trace (chrome://tracing, Perfetto) to this file")
     parser.add_argument("--ops-only", action="store_true", help="print only aten operators per step and their difference")
     parser.add_argument("--no-profiler", action="store_true", help="just run the steps (to sample with py-spy)")
+    parser.add_argument("--phases", action="store_true", help="print ms per step in forward, backward, clipping, optimizer.step and the rest")
     opts = parser.parse_args(argv)
     workload = dataclasses.replace(bench_step.WORKLOADS[opts.workload], timed_steps=opts.steps)
     if opts.runner == "all":
@@ -95,9 +186,14 @@ def main(argv: list[str] | None = None) -> None:
             cmd = [sys.executable, os.path.abspath(__file__), "--workload", opts.workload, "--runner", runner, "--steps", str(opts.steps)]
             if opts.ops_only:
                 cmd.append("--ops-only")
+            if opts.phases:
+                cmd.append("--phases")
             env = dict(os.environ, PYTHONPATH=common.REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
             stdout = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-            print(stdout.strip().splitlines()[-1] if opts.ops_only else stdout)
+            print(stdout.strip().splitlines()[-1] if opts.ops_only or opts.phases else stdout)
+        return
+    if opts.phases:
+        print(phases(opts.runner, workload))
         return
     result = profile(opts.runner, workload, use_profiler=not opts.no_profiler, trace=opts.trace, rows=opts.rows)
     if opts.no_profiler:

@@ -377,7 +377,7 @@ class TrainerHooks:
                     b["shift_labels"] if "shift_labels" in b else b["labels"][..., 1:] if self._loss_shifts_labels else b["labels"]
                     for b in batch_samples
                 ]
-                num_items = sum(labels.ne(-100).sum() for labels in counted)
+                num_items = functools.reduce(operator.add, (labels.ne(-100).sum() for labels in counted))  # sum() adds a 0 first
             except (TypeError, AttributeError):
                 pass
         if num_items is not None and self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:

@@ -171,3 +171,34 @@ def test_peft_model_columns_and_labels_from_the_base_model(tmp_path, tokenizer):
     assert_same_history(hf.state.log_history, hl.state.log_history)
     assert_same_weights(hf.model, hl.model)
     assert hl.module.label_names == hf.label_names == ["labels"]
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        [{"x": 1, "labels": 2}, {"x": 3, "labels": 4}],  # nothing to remove
+        [{"x": 1, "labels": 2, "idx": 0}, {"x": 3, "labels": 4, "idx": 1}],  # an unused column
+        [{"idx": 0}, {"x": 3}],  # mixed
+        [(1, 2), (3, 4)],  # not dicts: passed through
+    ],
+)
+def test_remove_columns_collator_matches_transformers(features, caplog):
+    """hf_lightning's column removal for torch datasets tests keys against a set; it gives transformers' samples (copies,
+    never the dataset's own dicts, since collators may change them) and transformers' one log line."""
+    import logging
+
+    from transformers.trainer_utils import RemoveColumnsCollator
+
+    from hf_lightning.data import _RemoveColumnsCollator
+
+    seen = {}
+    for cls in (RemoveColumnsCollator, _RemoveColumnsCollator):
+        collate = cls(data_collator=lambda batch: batch, signature_columns=["x", "labels"], logger=logging.getLogger("cols"),
+                      model_name="Tiny", description="training")
+        with caplog.at_level(logging.INFO, logger="cols"):
+            caplog.clear()
+            seen[cls] = (collate([dict(f) if isinstance(f, dict) else f for f in features]), collate(features),
+                         [r.getMessage() for r in caplog.records])
+        out = seen[cls][1]
+        assert all(a is not b for a, b in zip(out, features) if isinstance(b, dict))
+    assert seen[RemoveColumnsCollator] == seen[_RemoveColumnsCollator]
