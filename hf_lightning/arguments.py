@@ -114,13 +114,13 @@ ARGUMENT_SUPPORT: dict[str, tuple[str, str]] = {
     "save_on_each_node": (UNSUPPORTED, "global rank 0 writes the model files (on one node that is the same); for per-node copies use a shared filesystem or copy after training"),
     "save_total_limit": (HONOURED, "rotation protecting the newest and the best checkpoint, limit-1 rule at the end"),
     "enable_jit_checkpoint": (HONOURED, "on SIGTERM (and SIGINT, always) the current optimizer step finishes and a checkpoint is saved even with `save_strategy='no'`; then `train()` raises `TrainingInterrupted` (exit code 143/130)"),
-    "push_to_hub": (UNSUPPORTED, "no Hub push from hf_lightning; call `model.push_to_hub` yourself"),
-    "hub_token": (NOT_APPLICABLE, "only used with push_to_hub"),
-    "hub_private_repo": (NOT_APPLICABLE, "only used with push_to_hub"),
-    "hub_model_id": (NOT_APPLICABLE, "only used with push_to_hub"),
-    "hub_strategy": (NOT_APPLICABLE, "only used with push_to_hub"),
-    "hub_always_push": (NOT_APPLICABLE, "only used with push_to_hub"),
-    "hub_revision": (NOT_APPLICABLE, "only used with push_to_hub"),
+    "push_to_hub": (HONOURED, "hf_lightning.Trainer does what transformers.Trainer does (its own `init_hf_repo` at construction, `_push_from_checkpoint` after each checkpoint, a push from `save_model()`); `HFModule` without the facade (build_trainer, the CLI) refuses it: call `model.push_to_hub` after training"),
+    "hub_token": (HONOURED, "with push_to_hub, as transformers"),
+    "hub_private_repo": (HONOURED, "with push_to_hub, as transformers"),
+    "hub_model_id": (HONOURED, "with push_to_hub, as transformers"),
+    "hub_strategy": (HONOURED, "with push_to_hub, as transformers (end, every_save, checkpoint, all_checkpoints)"),
+    "hub_always_push": (HONOURED, "with push_to_hub, as transformers"),
+    "hub_revision": (HONOURED, "with push_to_hub, as transformers"),
     "load_best_model_at_end": (HONOURED, "best weights loaded after the train summary"),
     "metric_for_best_model": (HONOURED, "`eval_` prefix added; may name a torchmetrics metric"),
     "greater_is_better": (HONOURED, "defaults to `not metric.endswith('loss')`"),
@@ -293,10 +293,12 @@ def validate_arguments(
     compute_metrics: Callable | None = None,
     optimizers: tuple[Any, Any] = (None, None),
     optimizer_cls_and_kwargs: tuple[type, dict] | None = None,
+    hub_push: bool = False,
 ) -> None:
     """Collect every problem transformers.Trainer (and hf_lightning) would reject, and raise once.
 
-    ``None`` for a ``has_*`` flag means "not known yet" and skips the checks that need it.
+    ``None`` for a ``has_*`` flag means "not known yet" and skips the checks that need it. ``hub_push``: the caller
+    is an ``hf_lightning.Trainer``, which pushes to the Hub as transformers does (``push_to_hub=True``).
     """
     if not isinstance(args, TrainingArguments):
         raise TypeError(
@@ -304,6 +306,12 @@ def validate_arguments(
         )
     problems: list[str] = []
     problems += unsupported_arguments(args)
+    if args.push_to_hub and not hub_push:
+        problems.append(
+            "`push_to_hub=True` pushes from an hf_lightning.Trainer (a transformers.Trainer, as in transformers); "
+            "HFModule with build_trainer, a lightning.Trainer or the CLI has no Trainer to push from: call "
+            "`model.push_to_hub(...)` (and the tokenizer's) after training, or use hf_lightning.Trainer."
+        )
     problems += _report_to_problems(resolve_report_to(args.report_to))
     problems += fsdp_problems(args, optimizers=optimizers)  # fsdp/fsdp_config (fsdp_args.py)
     eval_strategy = strategy_name(args.eval_strategy)

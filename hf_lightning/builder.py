@@ -102,13 +102,13 @@ def build_trainer(args: TrainingArguments, **overrides: Any) -> pl.Trainer:
     return _build(args, overrides, seed=True)
 
 
-def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool) -> pl.Trainer:
+def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool, hub_push: bool = False) -> pl.Trainer:
     if not isinstance(args, TrainingArguments):
         raise TypeError(f"`args` must be a transformers.TrainingArguments, got {type(args).__name__}.")
     overrides = dict(overrides)
     overlapping = {k: overrides.pop(k) for k in list(overrides) if k in overlaps.OVERLAPS or k in overlaps.REFUSED}
     overlaps.apply(args, overlapping)
-    validate_arguments(args)
+    validate_arguments(args, hub_push=hub_push)
     if seed:
         _seed(args)
     if args.tf32 is not None and torch.cuda.is_available():

@@ -1,6 +1,6 @@
 """One writer per ``output_dir``: an advisory lock taken when training starts.
 
-The lock is the file ``<output_dir>/.hf_lightning.lock``, held with ``flock`` (released by the
+The lock is the file ``<output_dir>/_hf_lightning.lock``, held with ``flock`` (released by the
 kernel when its process dies, even by ``kill -9``) and describing its holder in JSON: pid, host,
 start time, command line and run id. A second run on the same folder fails at once with an
 error naming the holder; a lock left by a dead process (its file still names it, nobody holds
@@ -29,7 +29,7 @@ from typing import Any
 
 __all__ = ["LOCK_FILE", "LockHolder", "OutputDirLock", "OutputDirLockedError", "OutputDirNotWritableError", "acquire"]
 
-LOCK_FILE = ".hf_lightning.lock"
+LOCK_FILE = "_hf_lightning.lock"  # "_*" files are what transformers' Hub pushes of output_dir leave out
 
 log = logging.getLogger(__name__)
 

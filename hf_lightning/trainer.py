@@ -14,6 +14,7 @@ that trainer and ``transformers.Trainer`` in the method resolution order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -27,7 +28,7 @@ import transformers
 from lightning.pytorch.callbacks import Callback
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import EvalLoopOutput, TrainOutput, enable_full_determinism, set_seed
+from transformers.trainer_utils import EvalLoopOutput, TrainOutput, enable_full_determinism, set_seed, suppress_progress_bars
 
 from . import checkpoint_folders, hf_format
 from .accelerator import LightningAccelerator
@@ -107,7 +108,13 @@ class Trainer(transformers.Trainer):
             compute_metrics=compute_metrics,
             optimizers=optimizers,
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            hub_push=True,
         )
+        if args.push_to_hub and self._lightning_kwargs.get("async_save"):
+            raise ValueError(
+                "`push_to_hub=True` pushes each checkpoint once it is written; with `async_save=True` it is written "
+                "later, in the background. Use one of them."
+            )
         self.metrics = metrics
         self.lightning_trainer: pl.Trainer | None = None
         self.module: HFModule | None = None
@@ -179,7 +186,7 @@ class Trainer(transformers.Trainer):
         kwargs.setdefault("enable_model_summary", False)  # transformers prints no model table
         kwargs["enable_progress_bar"] = bool(kwargs.get("enable_progress_bar", False))
         with lightning_info_muted():
-            self.lightning_trainer = _build(self.args, {"callbacks": list(self._lightning_callbacks), **kwargs}, seed=False)
+            self.lightning_trainer = _build(self.args, {"callbacks": list(self._lightning_callbacks), **kwargs}, seed=False, hub_push=True)
         self.accelerator.bind(self.lightning_trainer, self.module)
         return self.lightning_trainer
 
@@ -225,7 +232,9 @@ class Trainer(transformers.Trainer):
         from transformers.trainer_utils import find_executable_batch_size
 
         inner = find_executable_batch_size(self._fit, self._train_batch_size, args.auto_find_batch_size)
-        return inner(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
+        # transformers mutes the Hub client's progress bars while checkpoints upload
+        with suppress_progress_bars() if args.push_to_hub else contextlib.nullcontext():
+            return inner(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
 
     def _fit(self, batch_size: int, *, resume_from_checkpoint: str | None, trial: Any, ignore_keys_for_eval: list[str] | None) -> TrainOutput:
         """One attempt of ``train`` at ``batch_size`` (``auto_find_batch_size`` halves it on out-of-memory)."""

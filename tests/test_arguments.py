@@ -48,7 +48,6 @@ def test_markdown_table_is_printed_by_the_module(capsys):
 UNSUPPORTED_VALUES = {
     "use_liger_kernel": True,
     "liger_kernel_config": {"rope": True},
-    "push_to_hub": True,
     "parallelism_config": "tp=2",
     "deepspeed": "ds_config.json",
     "debug": "underflow_overflow",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -44,24 +45,36 @@ def _pair(tmp_path, bert: bool = False, train: bool = False, **extra):
 
 
 class FakeHub:
-    """Stands in for huggingface_hub's HfApi at the upload boundary: records what would be sent."""
+    """Stands in for huggingface_hub's HfApi at the upload boundary: records what would be sent, chosen by huggingface_hub's
+    own pattern filter (the folder is read when the upload is asked for; a future comes back already done)."""
 
     def __init__(self) -> None:
         self.uploads: list[dict] = []
+        self.repos: list[dict] = []
 
     def create_repo(self, repo_id, token=None, private=None, exist_ok=False):
+        self.repos.append({"repo_id": repo_id, "token": token, "private": private, "exist_ok": exist_ok})
         return SimpleNamespace(repo_id=f"user/{repo_id}")
 
-    def upload_folder(self, repo_id, folder_path, commit_message=None, token=None, run_as_future=False, ignore_patterns=(), revision=None):
-        files = {}
-        for root, _, names in os.walk(folder_path):
-            for name in names:
-                path = os.path.relpath(os.path.join(root, name), folder_path)
-                if path.startswith("checkpoint-") or any(part.startswith("_") for part in path.split(os.sep)) or path.startswith("runs"):
-                    continue
-                files[path] = open(os.path.join(root, name), "rb").read()
-        self.uploads.append({"repo_id": repo_id, "commit_message": commit_message, "files": files, "revision": revision})
-        return SimpleNamespace(commit_url="https://example/commit")
+    def upload_folder(self, repo_id, folder_path, commit_message=None, token=None, run_as_future=False, ignore_patterns=None,
+                      revision=None, path_in_repo=None):
+        from concurrent.futures import Future
+
+        from huggingface_hub.utils import filter_repo_objects
+        from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+
+        folder = Path(folder_path)
+        listed = {p.relative_to(folder).as_posix(): p for p in sorted(folder.glob("**/*")) if p.is_file()}
+        kept = filter_repo_objects(listed, ignore_patterns=[*(ignore_patterns or []), *DEFAULT_IGNORE_PATTERNS])
+        files = {path: listed[path].read_bytes() for path in kept}
+        self.uploads.append({"repo_id": repo_id, "commit_message": commit_message, "files": files, "revision": revision,
+                             "path_in_repo": path_in_repo})
+        info = SimpleNamespace(commit_url="https://example/commit")
+        if not run_as_future:
+            return info
+        done: Future = Future()
+        done.set_result(info)
+        return done
 
 
 def _card(text: str) -> str:
@@ -83,6 +96,45 @@ def test_create_model_card_and_push_to_hub_write_what_transformers_writes(tmp_pa
     assert sorted(hl["files"]) == sorted(hf["files"])
     assert "README.md" in hl["files"] and "model.safetensors" in hl["files"]
     assert _card(hl["files"]["README.md"].decode()) == _card(hf["files"]["README.md"].decode())
+
+
+@pytest.mark.parametrize("hub_strategy", ["every_save", "checkpoint", "all_checkpoints", "end"])
+def test_push_to_hub_argument_pushes_what_transformers_pushes(tmp_path, monkeypatch, hub_strategy):
+    """``push_to_hub=True``: the repository at construction, an upload after each checkpoint (as ``hub_strategy`` says),
+    and one from ``save_model()`` as the example scripts call it; the same calls with the same files as transformers."""
+    hubs = {}
+    for name, cls in (("hf", transformers.Trainer), ("hl", hf_lightning.Trainer)):
+        hub = hubs[name] = FakeHub()
+        monkeypatch.setattr(transformers.trainer, "hf_api", lambda hub=hub: hub)
+        torch.manual_seed(0)
+        args = make_args(tmp_path / name / "run", **{**ARGS, "save_strategy": "steps", "save_steps": 2, "push_to_hub": True,
+                                                     "hub_strategy": hub_strategy, "hub_private_repo": True})
+        kwargs = dict(LIGHTNING_QUIET) if cls is hf_lightning.Trainer else {}
+        trainer = cls(model=tiny_bert_classifier(), args=args, train_dataset=ClassificationDataset(16),
+                      eval_dataset=ClassificationDataset(8, seed=1), compute_metrics=accuracy, **kwargs)
+        assert trainer.hub_model_id == "user/run"
+        trainer.train()
+        trainer.save_model()
+    hf, hl = hubs["hf"], hubs["hl"]
+    assert hl.repos == hf.repos == [{"repo_id": "run", "token": None, "private": True, "exist_ok": True}]
+
+    def sent(hub):
+        return [(u["repo_id"], u["commit_message"], u["path_in_repo"], sorted(u["files"])) for u in hub.uploads]
+
+    assert sent(hl) == sent(hf)
+    assert len(hl.uploads) == {"end": 1, "every_save": 3}.get(hub_strategy, 5)
+    assert not any("_hf_lightning.lock" in f or f.startswith(".") for u in hl.uploads for f in u["files"])  # the run lock stays home
+    for a, b in zip(hf.uploads, hl.uploads):
+        assert a["files"]["model.safetensors"] == b["files"]["model.safetensors"]
+
+
+def test_push_to_hub_without_the_trainer_facade_is_refused(tmp_path):
+    """build_trainer, a lightning.Trainer and the CLI have no transformers.Trainer to push from: refused before training."""
+    with pytest.raises(ValueError, match=r"`push_to_hub=True` pushes from an hf_lightning.Trainer.*model.push_to_hub"):
+        hf_lightning.build_trainer(make_args(tmp_path, push_to_hub=True))
+    with pytest.raises(ValueError, match="async_save=True"):
+        hf_lightning.Trainer(model=TinyReg(), args=make_args(tmp_path, push_to_hub=True), train_dataset=RegressionDataset(8),
+                             async_save=True, **LIGHTNING_QUIET)
 
 
 def test_save_state_writes_what_transformers_writes(tmp_path):

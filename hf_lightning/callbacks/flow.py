@@ -479,7 +479,10 @@ class HFFlowCallback(Callback):
             )
         self._store_flos(pl_module)
         self._sync_tokens()  # transformers counts tokens per micro-batch, so a checkpoint's state has them all
-        self.checkpointer.save(trainer, pl_module)
+        folder = self.checkpointer.save(trainer, pl_module)
+        push = getattr(self.host, "_push_from_checkpoint", None)
+        if self.args.push_to_hub and callable(push):
+            push(folder)  # transformers' _save_checkpoint pushes once the folder is written (rank 0; the Hub upload runs in the background)
 
     def _tracks_tokens(self) -> bool:
         return str(self.args.include_num_input_tokens_seen) not in ("no", "False")
@@ -614,6 +617,9 @@ class HFFlowCallback(Callback):
         if self.checkpointer is not None:
             self.checkpointer.finish_training(trainer, pl_module, self.state)
         self.event("on_train_end")
+        finish_push = getattr(self.host, "_finish_current_push", None)
+        if callable(finish_push):
+            finish_push()  # transformers waits for the checkpoint uploads here
         self.host.is_in_train = False
         self.last_train_output = TrainOutput(self.state.global_step, train_loss, metrics)
         self.resume = None
