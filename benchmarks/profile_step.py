@@ -21,6 +21,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -29,21 +30,19 @@ import bench_step  # noqa: E402
 import common  # noqa: E402
 
 
-class ProfiledClock(common.StepClock):
-    """Starts torch.profiler after the warm-up steps and stops it at the end of the window."""
+class WindowClock(common.StepClock):
+    """Calls ``start()`` after the warm-up steps and ``stop()`` at the end of the timed window."""
 
-    def __init__(self, workload: common.Workload, profiler: Any) -> None:
+    def __init__(self, workload: common.Workload, start: Callable[[], Any], stop: Callable[[], Any]) -> None:
         super().__init__(workload)
-        self.profiler = profiler
+        self._start, self._stop = start, stop
 
     def end(self, step: int) -> None:
         super().end(step)
-        if self.profiler is None:
-            return
         if step == self.workload.warmup_steps:
-            self.profiler.start()
+            self._start()
         elif step == self.workload.max_steps:
-            self.profiler.stop()
+            self._stop()
 
 
 class PhaseTimer:
@@ -99,19 +98,6 @@ class PhaseTimer:
         torch.optim.AdamW.step = self.wrap("optimizer", torch.optim.AdamW.step)
 
 
-class PhaseClock(common.StepClock):
-    def __init__(self, workload: common.Workload, timer: PhaseTimer) -> None:
-        super().__init__(workload)
-        self.timer = timer
-
-    def end(self, step: int) -> None:
-        super().end(step)
-        if step == self.workload.warmup_steps:
-            self.timer.on = True
-        elif step == self.workload.max_steps:
-            self.timer.on = False
-
-
 def phases(runner: str, workload: common.Workload) -> str:
     """One line: ms per step in each phase and the rest, for ``runner``."""
     import tempfile
@@ -122,7 +108,7 @@ def phases(runner: str, workload: common.Workload) -> str:
         torch.set_num_threads(workload.threads)
     timer = PhaseTimer()
     timer.install()
-    clock = PhaseClock(workload, timer)
+    clock = WindowClock(workload, start=lambda: setattr(timer, "on", True), stop=lambda: setattr(timer, "on", False))
     with tempfile.TemporaryDirectory() as tmp:
         if runner == "loop":
             bench_step.run_loop(workload, tmp, clock)
@@ -147,7 +133,7 @@ def profile(runner: str, workload: common.Workload, *, use_profiler: bool, trace
     if use_profiler:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if workload.device == "cuda" else [])
         profiler = torch.profiler.profile(activities=activities)
-    clock = ProfiledClock(workload, profiler)
+    clock = WindowClock(workload, start=profiler.start if profiler else lambda: None, stop=profiler.stop if profiler else lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         if runner == "loop":
             bench_step.run_loop(workload, tmp, clock)
