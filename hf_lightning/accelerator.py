@@ -277,6 +277,25 @@ class LightningAccelerator:
         return prepared[0] if len(prepared) == 1 else prepared
 
     def prepare_model(self, model: nn.Module, device_placement: Any = None, evaluation_mode: bool = False) -> nn.Module:
+        """accelerate's ``prepare_model`` for a model Lightning does not run (a reference or teacher model, which TRL's
+        trainers prepare with ``evaluation_mode=True``): moved to the device, and under mixed precision its forward
+        autocasts and returns fp32 outputs. Lightning's strategy places and wraps the model it trains."""
+        from .arguments import precision_for
+        from .precision import autocast_dtype_for, autocast_forward, is_forward_autocast
+
+        if self.module is not None and model is getattr(self.module, "model", None):
+            return model
+        if device_placement is not False:
+            model = model.to(self.device)
+        plugin = getattr(self.trainer, "precision_plugin", None)
+        if plugin is not None:
+            dtype = plugin.autocast_dtype if is_forward_autocast(plugin) else None  # otherwise the step autocasts (or fp32)
+            device_type = getattr(plugin, "device", None)
+        else:  # before train() builds the lightning.Trainer: what the arguments will make it
+            device_type = torch.device(self.device).type
+            dtype = autocast_dtype_for(precision_for(self.args, device_type))
+        if dtype is not None:
+            autocast_forward(model, device_type, dtype)
         return model
 
     def prepare_optimizer(self, optimizer: Any, device_placement: Any = None) -> Any:

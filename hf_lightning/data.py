@@ -412,6 +412,11 @@ class HFDataModule(pl.LightningDataModule):
         model = getattr(hooks, "model", None)
         if model is None:
             return None, "the model"
+        set_columns = getattr(hooks, "_set_signature_columns_if_needed", None)
+        if callable(set_columns):  # a transformers.Trainer: its subclasses name their own columns (TRL's DPOTrainer does)
+            set_columns()
+            if getattr(hooks, "_signature_columns", None) is not None:
+                return list(hooks._signature_columns), type(model).__name__
         return signature_columns(model, list(getattr(hooks, "label_names", None) or self.args.label_names or [])), type(model).__name__
 
     def _build(self, dataset: Any, *, description: str, training: bool) -> DataLoader:

@@ -182,7 +182,7 @@ class HFModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         plugin = self.trainer.precision_plugin
         if is_forward_autocast(plugin):  # bf16/fp16 as accelerate applies them: autocast in the model's forward only
-            autocast_forward(self.model, plugin)
+            autocast_forward(self.model, plugin.device, plugin.autocast_dtype)
         if stage != "fit":
             return
         args = self.args

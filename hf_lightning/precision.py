@@ -50,13 +50,23 @@ class ForwardAutocastPrecision(MixedPrecision):
         yield
 
 
+def autocast_dtype_for(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a Lightning precision string (``None``: no autocast)."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+
+
 def is_forward_autocast(plugin: Any) -> bool:
     """Whether a run's precision plugin leaves autocast to the model's forward."""
     return isinstance(plugin, ForwardAutocastPrecision)
 
 
-def autocast_forward(model: nn.Module, plugin: ForwardAutocastPrecision) -> nn.Module:
-    """Wrap ``model.forward`` in the plugin's autocast and convert its outputs to fp32, as accelerate's ``prepare_model``.
+def autocast_forward(model: nn.Module, device_type: str, dtype: torch.dtype) -> nn.Module:
+    """Wrap ``model.forward`` in autocast and convert its outputs to fp32, as accelerate's ``prepare_model``.
+
+    Args:
+        model: the model whose forward autocasts from now on.
+        device_type: the autocast device type (``"cpu"``, ``"cuda"``).
+        dtype: ``torch.bfloat16`` or ``torch.float16``.
 
     Done once per model (a second call finds it wrapped) and, as under accelerate, left in place afterwards.
     """
@@ -64,7 +74,7 @@ def autocast_forward(model: nn.Module, plugin: ForwardAutocastPrecision) -> nn.M
 
     if _ORIGINAL_FORWARD in model.__dict__:
         return model
-    autocast = torch.autocast(device_type=plugin.device, dtype=plugin.autocast_dtype)
+    autocast = torch.autocast(device_type=device_type, dtype=dtype)
     setattr(model, _ORIGINAL_FORWARD, model.forward)
     if hasattr(model.forward, "__func__"):
         model.forward = MethodType(autocast(model.forward.__func__), model)

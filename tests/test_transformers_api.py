@@ -214,3 +214,21 @@ def test_random_collator_sees_transformers_random_state(tmp_path, accumulation):
         runs[name] = trainer
     assert_same_history(runs["hf"].state.log_history, runs["hl"].state.log_history)
     assert_same_weights(runs["hf"].model, runs["hl"].model)
+
+
+@pytest.mark.parametrize("precision", [dict(bf16=True), dict(fp16=True), {}])
+def test_prepare_model_treats_a_reference_model_as_accelerate_does(tmp_path, precision):
+    """``accelerator.prepare_model(m, evaluation_mode=True)`` (TRL's reference and teacher models): under mixed precision
+    the forward autocasts and returns fp32, as accelerate's; on CPU only bf16 autocasts (accelerate has no fp16 there)."""
+    outputs = {}
+    for name, cls in (("hf", transformers.Trainer), ("hl", hf_lightning.Trainer)):
+        kwargs = dict(LIGHTNING_QUIET) if cls is hf_lightning.Trainer else {}
+        trainer = cls(model=TinyReg(), args=make_args(tmp_path / name, **precision), train_dataset=RegressionDataset(8), **kwargs)
+        torch.manual_seed(0)
+        reference = trainer.accelerator.prepare_model(torch.nn.Linear(4, 3), evaluation_mode=True)
+        with torch.no_grad():
+            out = reference(torch.randn(2, 4))
+        outputs[name] = ("_original_forward" in reference.__dict__, out.dtype, out)
+    assert outputs["hl"][:2] == outputs["hf"][:2]
+    assert outputs["hl"][0] == bool(precision.get("bf16"))
+    assert torch.equal(outputs["hl"][2], outputs["hf"][2])
