@@ -21,6 +21,20 @@ from tiny import write_tokenizer
 
 trl = pytest.importorskip("trl")
 
+RUN = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=4, logging_steps=1, eval_strategy="steps",
+           eval_steps=2, save_strategy="steps", save_steps=2, learning_rate=1e-3, max_length=32, report_to="none",
+           use_cpu=True, disable_tqdm=True, seed=0)
+"""The arguments both TRL configs get: 4 optimizer steps of 2 micro-batches, evaluated and saved every 2."""
+
+
+def _tiny_llama(tokenizer) -> transformers.LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+    )
+    return transformers.LlamaForCausalLM(config)
+
 
 def _run(trainer_class, out, tokenizer, **trainer_kwargs):
     import datasets
@@ -28,17 +42,8 @@ def _run(trainer_class, out, tokenizer, **trainer_kwargs):
     texts = [f"the cat sat on the mat {i} times" for i in range(24)]
     train = datasets.Dataset.from_dict({"text": texts})
     dev = datasets.Dataset.from_dict({"text": texts[:8]})
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-    )
-    model = transformers.LlamaForCausalLM(config)
-    args = trl.SFTConfig(
-        output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=4, logging_steps=1,
-        eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, learning_rate=1e-3, max_length=32,
-        report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
-    )
+    model = _tiny_llama(tokenizer)
+    args = trl.SFTConfig(output_dir=str(out), **RUN)
     trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=dev, processing_class=tokenizer,
                             **trainer_kwargs)
     trainer.train()
@@ -74,17 +79,8 @@ def _dpo(trainer_class, out, tokenizer, **trainer_kwargs):
         "rejected": [f" w{50 + i % 7} w60 w61" for i in range(16)],
     }
     train = datasets.Dataset.from_dict(rows)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-    )
-    model = transformers.LlamaForCausalLM(config)
-    args = trl.DPOConfig(
-        output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=4, logging_steps=1,
-        eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, learning_rate=1e-3, max_length=32,
-        report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
-    )
+    model = _tiny_llama(tokenizer)
+    args = trl.DPOConfig(output_dir=str(out), **RUN)
     trainer = trainer_class(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=train,
                             eval_dataset=train.select(range(8)), processing_class=tokenizer, **trainer_kwargs)
     trainer.train()
