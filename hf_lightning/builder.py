@@ -295,30 +295,34 @@ def _user_loggers(logger: Any, args: TrainingArguments) -> list[Any]:
     return loggers
 
 
-def _autocast_the_forward_only(kwargs: dict[str, Any], device_type: str) -> None:
-    """bf16/fp16 as accelerate applies them (precision.py) wherever Lightning's ``MixedPrecision`` would serve: on
-    one device or under DDP, with no precision plugin of the user's. FSDP keeps its own plugin."""
-    from lightning.pytorch.plugins.precision import Precision
+def _forward_autocast_fits(strategy: Any) -> bool:
+    """Where bf16/fp16 autocast the model's forward only (precision.py): one device or DDP; FSDP keeps its own plugin."""
     from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-    strategy = kwargs.get("strategy")
-    plain = strategy in (None, "auto") or (
-        isinstance(strategy, (DDPStrategy, SingleDeviceStrategy)) and not distributed.is_sharded(strategy)
-    )
-    if kwargs["precision"] not in ("bf16-mixed", "16-mixed") or not plain or any(isinstance(p, Precision) for p in kwargs["plugins"]):
+    if strategy in (None, "auto"):
+        return True
+    return isinstance(strategy, (DDPStrategy, SingleDeviceStrategy)) and not distributed.is_sharded(strategy)
+
+
+def _autocast_the_forward_only(kwargs: dict[str, Any], device_type: str) -> None:
+    """bf16/fp16 as accelerate applies them (precision.py) wherever Lightning's ``MixedPrecision`` would serve, when the
+    user gave no precision plugin of their own."""
+    from lightning.pytorch.plugins.precision import Precision
+
+    if kwargs["precision"] not in ("bf16-mixed", "16-mixed") or not _forward_autocast_fits(kwargs.get("strategy")):
+        return
+    if any(isinstance(p, Precision) for p in kwargs["plugins"]):
         return
     kwargs["plugins"] = [*kwargs["plugins"], ForwardAutocastPrecision(kwargs.pop("precision"), device_type)]
 
 
 def _autocast_the_forward_only_in(trainer: pl.Trainer) -> None:
     """A plain trainer's Lightning ``MixedPrecision`` becomes ``ForwardAutocastPrecision``, as ``build_trainer`` makes it
-    (the same rule: one device or DDP; FSDP and precision plugins of the user's own are kept)."""
+    (the same rule; precision plugins of the user's own are kept)."""
     from lightning.pytorch.plugins.precision import MixedPrecision
-    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
     strategy, plugin = trainer.strategy, trainer.strategy.precision_plugin
-    plain = isinstance(strategy, (DDPStrategy, SingleDeviceStrategy)) and not distributed.is_sharded(strategy)
-    if type(plugin) is MixedPrecision and plugin.precision in ("bf16-mixed", "16-mixed") and plain:
+    if type(plugin) is MixedPrecision and plugin.precision in ("bf16-mixed", "16-mixed") and _forward_autocast_fits(strategy):
         strategy.precision_plugin = ForwardAutocastPrecision(plugin.precision, plugin.device, scaler=plugin.scaler)
 
 
