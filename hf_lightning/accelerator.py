@@ -285,6 +285,13 @@ class LightningAccelerator:
 
         if self.module is not None and model is getattr(self.module, "model", None):
             return model
+        if not evaluation_mode and max(self.num_processes, self.args.world_size) > 1 and any(p.requires_grad for p in model.parameters()):
+            raise NotImplementedError(
+                f"accelerator.prepare_model({type(model).__name__}) for training under several processes: accelerate would "
+                "wrap it in DistributedDataParallel, but Lightning's strategy trains only the HFModule's model, so its "
+                "gradients would not be synchronised. Prepare it with evaluation_mode=True (no training), or train it "
+                "in its own HFModule."
+            )
         if device_placement is not False:
             model = model.to(self.device)
         plugin = getattr(self.trainer, "precision_plugin", None)

@@ -232,3 +232,13 @@ def test_prepare_model_treats_a_reference_model_as_accelerate_does(tmp_path, pre
     assert outputs["hl"][:2] == outputs["hf"][:2]
     assert outputs["hl"][0] == bool(precision.get("bf16"))
     assert torch.equal(outputs["hl"][2], outputs["hf"][2])
+
+
+def test_prepare_model_refuses_a_second_trained_model_under_several_processes(tmp_path, monkeypatch):
+    """accelerate would wrap it in DDP; Lightning's strategy syncs only the trained model's gradients: an error, not a
+    silently unsynchronised model. For evaluation (TRL's reference models) it is prepared as usual."""
+    trainer = hf_lightning.Trainer(model=TinyReg(), args=make_args(tmp_path), train_dataset=RegressionDataset(8), **LIGHTNING_QUIET)
+    monkeypatch.setattr(type(trainer.args), "world_size", property(lambda self: 2))
+    with pytest.raises(NotImplementedError, match=r"prepare_model\(Linear\).*evaluation_mode=True"):
+        trainer.accelerator.prepare_model(torch.nn.Linear(4, 3))
+    assert isinstance(trainer.accelerator.prepare_model(torch.nn.Linear(4, 3), evaluation_mode=True), torch.nn.Linear)
