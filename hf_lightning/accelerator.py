@@ -156,7 +156,7 @@ class LightningAccelerator:
     # ---------------------------------------------------------------------------- the step
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        """Lightning's ``manual_backward``: precision scaling, and DDP/FSDP gradient hooks."""
+        """Lightning's ``manual_backward`` (``HFModule.run_backward``): precision scaling, and DDP/FSDP gradient hooks."""
         learning_rate = kwargs.pop("learning_rate", None)
         optimizer = getattr(self.module, "hooks", None) and self.module.hooks.optimizer
         if learning_rate is not None and hasattr(optimizer, "fused_backward"):  # LOMO/AdaLOMO step inside backward
@@ -171,9 +171,9 @@ class LightningAccelerator:
         device_type = loss.device.type
         if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type, enabled=False):
-                self.module.manual_backward(loss, **kwargs)
+                self.module.run_backward(loss, **kwargs)
         else:
-            self.module.manual_backward(loss, **kwargs)
+            self.module.run_backward(loss, **kwargs)
 
     @contextlib.contextmanager
     def no_sync(self, model: nn.Module | None = None) -> Iterator[None]:

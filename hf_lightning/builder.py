@@ -17,7 +17,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.profilers import PassThroughProfiler
 from transformers import TrainerCallback, TrainingArguments
-from typing_extensions import override
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from . import distributed, overlaps
@@ -30,6 +29,7 @@ from .callbacks.progress import HFProgressBar
 from .checkpoint_io import HFCheckpointIO
 from .console import lightning_banners_muted
 from .precision import ForwardAutocastPrecision
+from .step_dispatch import QuietProfiler
 
 __all__ = ["build_trainer", "make_loggers", "lightning_info_muted"]
 
@@ -152,7 +152,7 @@ def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool, hu
     if args.full_determinism:
         kwargs["deterministic"] = True
     kwargs.update(overrides)
-    kwargs.setdefault("profiler", _NoProfiler())
+    kwargs.setdefault("profiler", QuietProfiler())
     device_type = _device_type(kwargs.get("accelerator", "auto"))
     kwargs["precision"] = precision_for(args, device_type)
     if kwargs["enable_progress_bar"] and not any(isinstance(cb, ProgressBar) for cb in pl_callbacks):
@@ -197,7 +197,7 @@ def adopt_trainer(trainer: pl.Trainer, args: TrainingArguments) -> list[Callback
     for loop in (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop, trainer.test_loop):
         loop.inference_mode = False  # as build_trainer: tensors a model caches while evaluating stay usable in training
     if type(trainer.profiler) is PassThroughProfiler:
-        trainer.profiler = _NoProfiler()
+        trainer.profiler = QuietProfiler()
     strategy = trainer.strategy
     if type(strategy.checkpoint_io) is TorchCheckpointIO:
         strategy.checkpoint_io = HFCheckpointIO()
@@ -262,17 +262,6 @@ def _is_default_model_checkpoint(callback: Any) -> bool:
         and callback._every_n_epochs == 1
         and callback._train_time_interval is None
     )
-
-
-class _NoProfiler(PassThroughProfiler):
-    """Lightning's default profiler, which measures nothing, without a generator-based context around every hook
-    (a few Python calls per hook, some twenty hooks per step). Pass ``profiler=`` to profile."""
-
-    _nothing = contextlib.nullcontext()
-
-    @override
-    def profile(self, action_name: str) -> contextlib.AbstractContextManager:
-        return self._nothing
 
 
 def _user_loggers(logger: Any, args: TrainingArguments) -> list[Any]:

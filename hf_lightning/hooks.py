@@ -279,7 +279,9 @@ class TrainerHooks:
             and (self.model_accepts_loss_kwargs or self.compute_loss_func)
             and num_items_in_batch is not None
         ):
-            loss = loss * self.accelerator.num_processes
+            processes = self.accelerator.num_processes
+            if processes != 1:  # `loss * 1` is `loss`, bit for bit: one operator and its backward node fewer
+                loss = loss * processes
         return (loss, outputs) if return_outputs else loss
 
     def training_step(
@@ -296,7 +298,7 @@ class TrainerHooks:
         scaled = self.loss_is_scaled_for_ga
         if scaled is None:
             scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
-        if not scaled:
+        if not scaled and self.current_gradient_accumulation_steps != 1:  # `loss / 1` is `loss`, bit for bit
             loss = loss / self.current_gradient_accumulation_steps
         self.accelerator.backward(loss)
         return loss.detach()

@@ -31,6 +31,7 @@ from .data import GroupedLoader, micro_batches
 from .hooks import TrainerHooks, is_plateau_scheduler
 from .precision import autocast_forward, is_forward_autocast
 from .schedule import TrainPlan, plan_training
+from .step_dispatch import LIGHTNING_DISPATCH, StepDispatch, plan_step_dispatch
 
 __all__ = ["HFModule"]
 
@@ -133,6 +134,7 @@ class HFModule(pl.LightningModule):
         self._defers_sync = True
         self._plain_transfer = False
         self._device_for_batches: Any = None
+        self._dispatch: StepDispatch = LIGHTNING_DISPATCH
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _PLAIN_ATTRIBUTES:
@@ -387,7 +389,7 @@ class HFModule(pl.LightningModule):
             if self.args.logging_nan_inf_filter:
                 # transformers replaces a NaN/Inf step loss by the running mean; torch.where avoids its host sync.
                 fallback = self._tr_loss / (1 + steps_since_log)
-                self._tr_loss = torch.where(torch.isfinite(step_loss), self._tr_loss + step_loss, self._tr_loss + fallback)
+                self._tr_loss = self._tr_loss + torch.where(torch.isfinite(step_loss), step_loss, fallback)
             else:
                 self._tr_loss = self._tr_loss + step_loss
             self._track_inputs(micro)
@@ -401,7 +403,7 @@ class HFModule(pl.LightningModule):
         optimizer, scheduler = self._step_optimizer, self._step_scheduler
         scaler = self._scaler
         scale_before = scaler.get_scale() if scaler is not None else None
-        optimizer.step()
+        self._optimizer_step(optimizer)
         self._event("on_optimizer_step")
         plateau = self._plateau
         inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
@@ -410,6 +412,27 @@ class HFModule(pl.LightningModule):
         if scheduler is not None and not plateau and not self.step_was_skipped:
             scheduler.step()
         optimizer.zero_grad()
+
+    def run_backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        """``manual_backward``, or the same calls without the hook dispatch when nobody listens (``step_dispatch``)."""
+        if not self._dispatch.direct_backward:
+            self.manual_backward(loss, **kwargs)
+            return
+        strategy = self.trainer.strategy
+        strategy.pre_backward(loss)
+        loss.backward(**kwargs)
+        strategy.post_backward(loss.detach())
+
+    def _optimizer_step(self, optimizer: Any) -> None:
+        """``LightningOptimizer.step()``, or the same calls without the closure and hook dispatch (``step_dispatch``)."""
+        inner = getattr(optimizer, "optimizer", None)
+        if not self._dispatch.direct_optimizer_step or inner is None:
+            optimizer.step()
+            return
+        optimizer._on_before_step()  # Lightning's step counters (``trainer.global_step``)
+        self.on_before_optimizer_step(inner)
+        inner.step()
+        optimizer._on_after_step()
 
     @override
     def on_train_start(self) -> None:
@@ -428,6 +451,10 @@ class HFModule(pl.LightningModule):
         self._step_optimizer, self._step_scheduler = self.optimizers(), self.lr_schedulers()
         self._plateau = is_plateau_scheduler(self._step_scheduler)
         self._scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self._dispatch = plan_step_dispatch(
+            callbacks=trainer.callbacks, module=self, module_base=HFModule, strategy=trainer.strategy,
+            precision=trainer.precision_plugin, profiler=trainer.profiler,
+        )
         self._defers_sync = distributed.is_distributed(trainer.strategy) or distributed.is_sharded(trainer.strategy)
         self._device_for_batches = trainer.strategy.root_device
         self._plain_transfer = all(
@@ -442,6 +469,7 @@ class HFModule(pl.LightningModule):
     def on_train_end(self) -> None:
         self._parameters_for_clipping = None
         self._step_optimizer = self._step_scheduler = self._scaler = None
+        self._dispatch = LIGHTNING_DISPATCH
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
