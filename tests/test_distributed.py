@@ -110,6 +110,8 @@ def test_ddp_log_history_and_weights_match_transformers(runs: Path, case: str) -
     evals = [e for e in hl["log_history"] if "eval_loss" in e]
     assert evals and all(e["eval_n"] == {"reg": 13, "llama": 7}[case] for e in evals)  # padding duplicates dropped
     dh.assert_same_tensors(dh.weights(runs / "hf" / case / "final"), dh.weights(runs / "hl" / case / "final"), atol=1e-6)
+    # DDP keeps its backward preparation but not Lightning's hook dispatch (nobody listens): step_dispatch.py
+    assert hl["dispatch"] == ["backward=direct,optimizer_step=direct"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -192,6 +194,7 @@ def test_fsdp2_trains_like_transformers_ddp(runs: Path, fsdp_runs: Path, kind: s
     dh.assert_same_tensors(dh.weights(runs / "hf" / "llama" / "final"), dh.weights(fsdp_runs / kind / "final"), atol=1e-5)
     for rank in (0, 1):
         dh.assert_same_batches(dh.batches(runs / "hf" / "llama", rank), dh.batches(fsdp_runs / kind, rank), f"rank {rank}")
+    assert dh.result(fsdp_runs / kind)["dispatch"] == ["backward=direct,optimizer_step=direct"]
 
 
 def test_fsdp2_plain_module_matches_transformers_ddp(runs: Path, fsdp_runs: Path) -> None:

@@ -125,6 +125,19 @@ def describe_sharding(model) -> dict:
     return {"units": units, "checkpointed": checkpointed}
 
 
+def _DispatchRecorder(seen: list):
+    """A Lightning callback noting which hook dispatch (``step_dispatch``) each training step ran with."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Recorder(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            plan = pl_module._dispatch
+            seen.append(f"backward={'direct' if plan.direct_backward else 'lightning'},"
+                        f"optimizer_step={'direct' if plan.direct_optimizer_step else 'lightning'}")
+
+    return Recorder()
+
+
 def rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else int(os.environ.get("RANK", 0))
 
@@ -159,6 +172,7 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
     import overrides
 
     overrides.CALLS.clear()
+    dispatch: list = []
     if framework == "hf":
         from transformers import Trainer
 
@@ -168,7 +182,8 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
     else:
         import hf_lightning
 
-        lightning = dict(enable_progress_bar=False, enable_model_summary=False, accelerator=device, devices=devices)
+        lightning = dict(enable_progress_bar=False, enable_model_summary=False, accelerator=device, devices=devices,
+                         callbacks=[_DispatchRecorder(dispatch)])
         strategy = make_strategy(spec["strategy"])
         if strategy is not None:
             lightning["strategy"] = strategy
@@ -200,6 +215,8 @@ def run_one(framework: str, spec: dict, out: str, devices: int, source: str | No
         }
         with open(os.path.join(folder, "result.json"), "w") as f:
             result = {"log_history": trainer.state.log_history, "checkpoints": checkpoints, "evaluate": evaluated}
+            if dispatch:
+                result["dispatch"] = sorted(set(dispatch))
             if spec["fsdp_args"]:
                 result["fsdp_enabled"] = bool(getattr(trainer, "is_fsdp_enabled", False))
                 result["wrapper"] = type(trainer.model_wrapped).__name__
