@@ -24,9 +24,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning_utilities.core.overrides import is_overridden
 from typing_extensions import override
 
-__all__ = ["QuietProfiler", "StepDispatch", "overrides", "plan_step_dispatch"]
+__all__ = ["QuietProfiler", "StepDispatch", "plan_step_dispatch"]
 
 BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
 OPTIMIZER_STEP_HOOKS = ("on_before_optimizer_step",)
@@ -60,32 +61,25 @@ LIGHTNING_DISPATCH = StepDispatch()
 """Lightning's full dispatch for both (the default, and whenever something listens)."""
 
 
-def overrides(obj: Any, name: str, base: type) -> bool:
-    """Whether ``obj`` (its class, or the instance itself) has a ``name`` other than ``base``'s."""
-    if name in getattr(obj, "__dict__", {}):
-        return True
-    return getattr(type(obj), name, None) is not getattr(base, name, None)
+# MixedPrecision methods that, without a scaler, only call Precision's.
+_MIXED_WITHOUT_SCALER = frozenset({"pre_backward", "optimizer_step"})
 
 
 def _default_precision(plugin: Any, names: tuple[str, ...]) -> bool:
     """``plugin``'s ``names`` are ``Precision``'s, or ``MixedPrecision``'s without a grad scaler (which defer to them)."""
     without_scaler = isinstance(plugin, MixedPrecision) and getattr(plugin, "scaler", None) is None
     return all(
-        not overrides(plugin, name, Precision)
-        or (without_scaler and name in _MIXED_WITHOUT_SCALER and not overrides(plugin, name, MixedPrecision))
+        not is_overridden(name, plugin, Precision)
+        or (without_scaler and name in _MIXED_WITHOUT_SCALER and not is_overridden(name, plugin, MixedPrecision))
         for name in names
     )
 
 
-# MixedPrecision methods that, without a scaler, only call Precision's.
-_MIXED_WITHOUT_SCALER = frozenset({"pre_backward", "optimizer_step"})
-
-
 def _default_optimizer_step(strategy: Any) -> bool:
-    if not overrides(strategy, "optimizer_step", Strategy):
+    if not is_overridden("optimizer_step", strategy, Strategy):
         return True
     # DDP's only adds model averaging (post-local SGD), off unless configured.
-    return isinstance(strategy, DDPStrategy) and not overrides(strategy, "optimizer_step", DDPStrategy) and (
+    return isinstance(strategy, DDPStrategy) and not is_overridden("optimizer_step", strategy, DDPStrategy) and (
         getattr(strategy, "_model_averager", None) is None
     )
 
@@ -114,19 +108,19 @@ def plan_step_dispatch(
         return LIGHTNING_DISPATCH
 
     def unheard(hooks: tuple[str, ...]) -> bool:
-        return not any(overrides(cb, hook, Callback) for cb in callbacks for hook in hooks)
+        return not any(is_overridden(hook, cb, Callback) for cb in callbacks for hook in hooks)
 
     direct_backward = (
         unheard(BACKWARD_HOOKS)
-        and not any(overrides(module, hook, pl.LightningModule) for hook in BACKWARD_HOOKS)
-        and not overrides(module, "backward", pl.LightningModule)
-        and not overrides(module, "manual_backward", pl.LightningModule)
-        and not overrides(strategy, "backward", Strategy)
+        and not any(is_overridden(hook, module, pl.LightningModule) for hook in BACKWARD_HOOKS)
+        and not is_overridden("backward", module, pl.LightningModule)
+        and not is_overridden("manual_backward", module, pl.LightningModule)
+        and not is_overridden("backward", strategy, Strategy)
         and _default_precision(precision, ("pre_backward", "backward", "post_backward"))
     )
     direct_optimizer_step = (
         unheard(OPTIMIZER_STEP_HOOKS)
-        and not overrides(module, "on_before_optimizer_step", module_base)
+        and not is_overridden("on_before_optimizer_step", module, module_base)
         and _default_optimizer_step(strategy)
         and _default_precision(precision, ("optimizer_step", "_wrap_closure", "_after_closure", "_clip_gradients"))
     )
