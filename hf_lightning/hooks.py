@@ -105,6 +105,26 @@ def clear_train_mode_cache(model: nn.Module) -> None:
     _TRAIN_MODE_CACHE.pop(model, None)
 
 
+@functools.lru_cache(maxsize=None)
+def overrides(cls: type, name: str) -> bool:
+    """``cls`` has a user's ``name`` (not transformers.Trainer's, not hf_lightning's): hf_lightning calls it where
+    transformers does (``private_overrides.ROUTED``). Cached per class: the step asks on every batch."""
+    from transformers import Trainer
+
+    from .private_overrides import user_override
+
+    return user_override(cls, name, (Trainer,))
+
+
+def prepare_inputs(host: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``Trainer._prepare_inputs``: the host's override when it has one (TRL's GRPO/RLOO trainers do), else a copy."""
+    cls = type(host)
+    if overrides(cls, "_prepare_inputs") or overrides(cls, "_prepare_input"):
+        prepare = getattr(host, "_prepare_inputs", None)
+        return prepare(inputs) if prepare is not None else host._prepare_input(inputs)
+    return _prepared(inputs)
+
+
 def is_plateau_scheduler(scheduler: Any) -> bool:
     """Schedulers that transformers steps with the eval metric instead of every optimizer step."""
     from transformers.optimization import GreedyLR
@@ -291,7 +311,7 @@ class TrainerHooks:
         train_mode(model)
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
-        inputs = _prepared(inputs)
+        inputs = prepare_inputs(self, inputs)
         with self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         del inputs
@@ -329,7 +349,7 @@ class TrainerHooks:
         if return_loss is None:
             return_loss = self.can_return_loss
         loss_without_labels = len(self.label_names) == 0 and return_loss
-        inputs = _prepared(inputs)
+        inputs = prepare_inputs(self, inputs)
         if ignore_keys is None:
             if hasattr(self.model, "config"):
                 ignore_keys = getattr(self.model.config, "keys_to_ignore_at_inference", default_ignore_keys())
@@ -343,7 +363,7 @@ class TrainerHooks:
             labels = None
         with torch.no_grad():
             if has_labels or loss_without_labels:
-                num_items_in_batch = self._get_num_items_in_batch([inputs], None)
+                num_items_in_batch = self._get_num_items_in_batch([inputs], self.args.device if overrides(type(self), "_get_num_items_in_batch") else None)
                 with self.compute_loss_context_manager():
                     loss, outputs = self.compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
                 loss = loss.detach().mean()
@@ -384,8 +404,12 @@ class TrainerHooks:
                 pass
         if num_items is not None and self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             num_items = self.accelerator.gather(num_items).sum()
-        if torch.is_tensor(num_items) and device is not None:
-            num_items = num_items.to(device)
+        if torch.is_tensor(num_items):
+            if device is not None:
+                num_items = num_items.to(device)
+            # transformers divides by the tensor/context/sequence-parallel sizes (1 here: hf_lightning has none of
+            # them), which makes the count a float tensor; a loss or compute_loss that reads it sees the same.
+            num_items = num_items / 1
         return num_items
 
     def evaluate(

@@ -28,7 +28,7 @@ from typing_extensions import override
 from . import distributed
 from .callbacks.metrics import TorchMetrics
 from .data import GroupedLoader, micro_batches
-from .hooks import TrainerHooks, is_plateau_scheduler
+from .hooks import TrainerHooks, is_plateau_scheduler, overrides
 from .precision import autocast_forward, is_forward_autocast
 from .schedule import TrainPlan, plan_training
 from .step_dispatch import LIGHTNING_DISPATCH, StepDispatch, plan_step_dispatch
@@ -308,6 +308,9 @@ class HFModule(pl.LightningModule):
 
     def _track_inputs(self, micro: Mapping[str, Any]) -> None:
         self.current_flos += float(self.hooks.floating_point_ops(micro))
+        if overrides(type(self.hooks), "_track_num_input_tokens"):
+            self.hooks._track_num_input_tokens(micro)  # on every micro-batch, as transformers; it counts into the state
+            return
         mode = str(self.args.include_num_input_tokens_seen)
         if mode in ("no", "False"):
             return
@@ -329,7 +332,10 @@ class HFModule(pl.LightningModule):
 
     def _num_items_in_batch(self, micros: list[Any]) -> Any:
         """``Trainer._get_num_items_in_batch`` over the group: label tokens, summed over the ranks when asked."""
-        return TrainerHooks._get_num_items_in_batch(self.hooks, micros, None)
+        hooks = self.hooks
+        if overrides(type(hooks), "_get_num_items_in_batch"):
+            return hooks._get_num_items_in_batch(micros, self.args.device)  # what transformers passes
+        return TrainerHooks._get_num_items_in_batch(hooks, micros, None)
 
     @override
     def on_train_epoch_start(self) -> None:
@@ -407,7 +413,10 @@ class HFModule(pl.LightningModule):
         self._event("on_optimizer_step")
         plateau = self._plateau
         inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
-        self._learning_rate = inner.param_groups[0]["lr"] if plateau or scheduler is None else scheduler.get_last_lr()[0]
+        if overrides(type(self.hooks), "_get_learning_rate"):
+            self._learning_rate = self.hooks._get_learning_rate()
+        else:
+            self._learning_rate = inner.param_groups[0]["lr"] if plateau or scheduler is None else scheduler.get_last_lr()[0]
         self.step_was_skipped = scaler is not None and scaler.get_scale() < scale_before
         if scheduler is not None and not plateau and not self.step_was_skipped:
             scheduler.step()
@@ -477,8 +486,14 @@ class HFModule(pl.LightningModule):
         if scaler is not None and _optimizer_handles_unscaling(optimizer):
             # Lightning leaves unscaling to fused optimizers; unscale first so the norm is the true one.
             scaler.unscale_(optimizer)
-        max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else math.inf
-        self._grad_norm = distributed.clip_grad_norm(self.trainer.strategy, self, max_norm, self._parameters_for_clipping)
+        hooks, clipping = self.hooks, bool(self.args.max_grad_norm and self.args.max_grad_norm > 0)
+        if clipping and overrides(type(hooks), "_clip_grad_norm"):
+            self._grad_norm = hooks._clip_grad_norm(self.model)  # transformers logs what it returns
+        else:
+            max_norm = self.args.max_grad_norm if clipping else math.inf
+            self._grad_norm = distributed.clip_grad_norm(self.trainer.strategy, self, max_norm, self._parameters_for_clipping)
+        if overrides(type(hooks), "_get_grad_norm"):
+            self._grad_norm = hooks._get_grad_norm(self.model, grad_norm=self._grad_norm if clipping else None)
         self._event("on_pre_optimizer_step")
 
     # ----------------------------------------------------------------------- logging reads
@@ -494,7 +509,8 @@ class HFModule(pl.LightningModule):
         return float(value.item())
 
     def last_grad_norm(self) -> float | None:
-        return None if self._grad_norm is None else float(self._grad_norm.item())
+        norm = self._grad_norm
+        return None if norm is None else float(norm.item() if isinstance(norm, torch.Tensor) else norm)
 
     def last_learning_rate(self) -> float:
         if self._learning_rate is not None:

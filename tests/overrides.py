@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Any
 
 import torch
@@ -190,11 +191,72 @@ class ConstantFlos:
         return 1000
 
 
+class CustomPrepareInputs:
+    """``_prepare_inputs`` (TRL's GRPO and RLOO trainers override it): doubled inputs, in training and evaluation."""
+
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        CALLS.append(("_prepare_inputs", self.model.training, len(inputs["labels"])))
+        return {**inputs, "input_x": 2 * inputs["input_x"]}
+
+
+class CustomNumItems:
+    """``_get_num_items_in_batch``: the micro-batches of each optimizer step and each evaluation batch it counts."""
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        CALLS.append(("_get_num_items_in_batch", len(batch_samples), [len(b["labels"]) for b in batch_samples], str(device)))
+        return super()._get_num_items_in_batch(batch_samples, device)
+
+
+class CustomClipGradNorm:
+    """``_clip_grad_norm``: gradients halved before transformers' clipping; the logged grad_norm is its return value."""
+
+    def _clip_grad_norm(self, model):
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(0.5)
+        norm = super()._clip_grad_norm(model)
+        CALLS.append(("_clip_grad_norm", self.state.global_step, round(float(norm), 4)))
+        return norm
+
+
+class CustomLearningRate:
+    """``_get_learning_rate``: the logged learning rate, scaled (the optimizer's is unchanged)."""
+
+    def _get_learning_rate(self):
+        CALLS.append(("_get_learning_rate", self.state.global_step))
+        return 10 * super()._get_learning_rate()
+
+
+class CustomSave:
+    """``_save`` (what transformers' save_model calls): the model files plus a marker, in every checkpoint."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        # hf_lightning writes a checkpoint into a temporary folder, renamed to checkpoint-N once complete
+        folder = os.path.basename(str(output_dir))
+        CALLS.append(("_save", (re.search(r"checkpoint-\d+", folder) or re.search(".*", folder)).group()))
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:  # transformers calls _save on every rank; its own returns at once off the writer
+            with open(os.path.join(output_dir or self.args.output_dir, "custom_save.txt"), "w") as f:
+                f.write(str(self.state.global_step))
+
+
+class CustomSaveCheckpoint:
+    """``_save_checkpoint`` (TRL's trainers write a model card there): a file in output_dir at each save, then super()."""
+
+    def _save_checkpoint(self, model, trial):
+        CALLS.append(("_save_checkpoint", self.state.global_step, trial))
+        with open(os.path.join(self.args.output_dir, "saves.txt"), "a") as f:
+            f.write(f"{self.state.global_step}\n")
+        super()._save_checkpoint(model, trial)
+
+
 BODIES = {
     cls.__name__: cls
     for cls in (
         CustomLoss, SuperTrainingStep, OwnTrainingStep, CustomPredictionStep, CustomEvaluationLoop,
         QuestionAnsweringStyleEvaluate, CustomPredict, CustomLoaders, CustomOptimizer, NoDecay, CustomLog,
-        CustomSaveModel, ContextManagers, ConstantFlos,
+        CustomSaveModel, ContextManagers, ConstantFlos, CustomPrepareInputs, CustomNumItems, CustomClipGradNorm,
+        CustomLearningRate, CustomSave, CustomSaveCheckpoint,
     )
 }

@@ -158,3 +158,29 @@ def test_memory_metrics_of_evaluate_and_predict(tmp_path):
         assert list(e) == list(a)
     assert "init_mem_cpu_alloc_delta" in actual[0] and "test_mem_cpu_alloc_delta" in actual[1]
     assert_same_history(hf.state.log_history, hl.state.log_history)
+
+
+def test_num_items_in_batch_reaches_the_loss_as_transformers_passes_it(tmp_path):
+    """transformers divides the label count by the tensor/context/sequence-parallel sizes, so the loss sees a float
+    tensor (3.0, not 3): a loss function or ``compute_loss`` override that reads it sees the same value and dtype."""
+    seen: list[list[tuple]] = []
+
+    def token_loss(outputs, labels, num_items_in_batch=None):
+        seen[-1].append((num_items_in_batch.dtype, tuple(num_items_in_batch.shape), num_items_in_batch.item(), outputs.logits.requires_grad))
+        logits = outputs.logits[:, :-1].reshape(-1, outputs.logits.size(-1))
+        return nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum") / num_items_in_batch
+
+    def train_and_evaluate(trainer):
+        seen.append([])
+        trainer.train()
+        trainer.evaluate()
+        return seen[-1]
+
+    kwargs = dict(train_dataset=VariableLMDataset(8), eval_dataset=VariableLMDataset(4, seed=1), data_collator=pad_collate,
+                  compute_loss_func=token_loss)
+    hf, hl, hf_seen, hl_seen = act_both(tiny_llama, tmp_path, train_and_evaluate, trainer_kwargs=kwargs, gradient_accumulation_steps=2,
+                                        per_device_train_batch_size=2, per_device_eval_batch_size=2, max_steps=2, logging_steps=1)
+    assert hl_seen == hf_seen
+    assert {dtype for dtype, *_ in hl_seen} == {torch.float32}  # transformers 5.x: count / (tp * cp * sp)
+    assert [grad for *_, grad in hl_seen] == [True] * 4 + [False] * 2  # four training micro-batches, then two eval batches
+    assert_same_history(hf.state.log_history, hl.state.log_history)

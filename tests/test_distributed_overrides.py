@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.distributed]
 BODIES = (
     "CustomLoss", "OwnTrainingStep", "SuperTrainingStep", "CustomPredictionStep", "QuestionAnsweringStyleEvaluate",
     "CustomEvaluationLoop", "CustomLog", "CustomOptimizer", "CustomSaveModel", "CustomLoaders", "ConstantFlos",
+    "CustomPrepareInputs", "CustomNumItems", "CustomClipGradNorm", "CustomLearningRate", "CustomSave", "CustomSaveCheckpoint",
 )
 
 

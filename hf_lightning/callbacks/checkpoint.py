@@ -452,13 +452,16 @@ def _warn_on_fresh_parts(source: str, extras: dict[str, Any], world_size: int) -
 
 
 def saves_model_itself(host: Any) -> bool:
-    """The host overrides ``save_model`` (transformers' or hf_lightning's own are written by ``HFCheckpointIO``)."""
+    """The host overrides ``save_model``, or the ``_save`` that transformers' ``save_model`` calls (transformers' or
+    hf_lightning's own are written by ``HFCheckpointIO``)."""
     import transformers
 
+    from ..hooks import overrides
     from ..loops import LightningHooks
     from ..trainer import Trainer
 
-    return type(host).save_model not in (transformers.Trainer.save_model, Trainer.save_model, LightningHooks.save_model)
+    own = type(host).save_model not in (transformers.Trainer.save_model, Trainer.save_model, LightningHooks.save_model)
+    return own or (isinstance(host, transformers.Trainer) and overrides(type(host), "_save"))
 
 
 def load_weights_into(trainer: pl.Trainer | None, pl_module: Any, checkpoint_dir: str) -> None:

@@ -366,7 +366,10 @@ class HFFlowCallback(LoopDriver):
             if hf_state.strategy_name(self.args.save_strategy) == "best":
                 self.control.should_save = new_best
         if self.control.should_save:
-            self._save(trainer, pl_module)
+            if self._host_saves_checkpoints:
+                self.host._save_checkpoint(pl_module.model, self.trial)  # its super() reaches Trainer._save_checkpoint
+            else:
+                self._save(trainer, pl_module)
             self.event("on_save")
 
     def _log_training(self, trainer: pl.Trainer, pl_module: Any) -> None:
@@ -386,6 +389,16 @@ class HFFlowCallback(LoopDriver):
         """The host's ``_evaluate``: ``evaluate()``, the hyper-parameter search report, the plateau scheduler step."""
         self._sync_tokens()
         return self.host._evaluate(self.trial, self.ignore_keys_for_eval, skip_scheduler=skip_scheduler)
+
+    @property
+    def _host_saves_checkpoints(self) -> bool:
+        """The host is a transformers.Trainer subclass that overrides ``_save_checkpoint`` (TRL's write a model card)."""
+        import transformers
+
+        from ..hooks import overrides
+
+        host = self.host
+        return isinstance(host, transformers.Trainer) and overrides(type(host), "_save_checkpoint")
 
     def _save(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if self.checkpointer is None:

@@ -1,0 +1,144 @@
+"""Overrides of transformers.Trainer's private methods: each one hf_lightning's run would reach is called where
+transformers calls it (``ROUTED``, differential bodies in ``overrides.py``) or refused before training starts
+(``REFUSED``). None is ignored."""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import pytest
+import torch
+import transformers
+
+import hf_lightning
+from hf_lightning.private_overrides import REFUSED, ROUTED, refused_overrides, user_override
+from helpers import LIGHTNING_QUIET, make_args
+from tiny import RegressionDataset, TinyReg
+
+FRAMEWORK = (transformers.Trainer,)
+
+
+def _with(base: type, **methods) -> type:
+    return type("UserTrainer", (base,), methods)
+
+
+def _passthrough(name: str):
+    def method(self, *args, **kwargs):
+        return getattr(super(type(self), self), name)(*args, **kwargs)
+
+    return method
+
+
+def test_routed_and_refused_are_transformers_methods():
+    assert not set(ROUTED) & set(REFUSED)
+    missing = [name for name in [*ROUTED, *REFUSED] if not callable(getattr(transformers.Trainer, name, None))]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "method,resuming,load_best,refused",
+    [
+        ("get_batch_samples", False, False, True),
+        ("_maybe_log_save_evaluate", False, False, True),
+        ("_inner_training_loop", False, False, True),
+        ("_save_rng_state", False, False, True),
+        ("_load_rng_state", False, False, False),
+        ("_load_rng_state", True, False, True),
+        ("_load_optimizer_and_scheduler", True, False, True),
+        ("_load_best_model", False, False, False),
+        ("_load_best_model", False, True, True),
+        ("_prepare_inputs", True, True, False),  # routed
+        ("_save", True, True, False),  # routed
+        ("compute_loss", True, True, False),  # an override point
+    ],
+)
+def test_refused_overrides_table(method, resuming, load_best, refused):
+    cls = _with(hf_lightning.Trainer, **{method: _passthrough(method)})
+    problems = refused_overrides(cls, FRAMEWORK, resuming=resuming, load_best=load_best)
+    assert bool(problems) == refused
+    if refused:
+        assert problems[0].startswith(f"`UserTrainer.{method}` overrides transformers.Trainer.{method}, which hf_lightning never calls")
+
+
+def test_hf_lightnings_own_methods_and_transformers_subclasses_are_not_user_overrides():
+    assert not user_override(hf_lightning.Trainer, "_save_checkpoint", FRAMEWORK)  # hf_lightning's own
+    assert user_override(hf_lightning.on_lightning(transformers.Seq2SeqTrainer), "prediction_step", FRAMEWORK)
+    assert refused_overrides(hf_lightning.on_lightning(transformers.Seq2SeqTrainer), FRAMEWORK, resuming=True, load_best=True) == []
+
+
+def test_trl_grpo_trainer_is_refused_only_on_resume():
+    """GRPO overrides ``_prepare_inputs`` (routed) and ``_load_optimizer_and_scheduler`` (used only on resume)."""
+    trl = pytest.importorskip("trl")
+    cls = hf_lightning.on_lightning(trl.GRPOTrainer)
+    assert user_override(cls, "_prepare_inputs", FRAMEWORK)
+    assert refused_overrides(cls, FRAMEWORK, resuming=False, load_best=True) == []
+    assert [p.split("`")[1] for p in refused_overrides(cls, FRAMEWORK, resuming=True, load_best=False)] == [
+        "GRPOTrainer._load_optimizer_and_scheduler"
+    ]
+
+
+def _build(cls: type, out, **args):
+    return cls(model=TinyReg(), args=make_args(out, **args), train_dataset=RegressionDataset(16), **LIGHTNING_QUIET)
+
+
+def test_a_refused_override_fails_at_construction_with_what_to_do(tmp_path):
+    cls = _with(hf_lightning.Trainer, get_batch_samples=_passthrough("get_batch_samples"),
+                _maybe_log_save_evaluate=_passthrough("_maybe_log_save_evaluate"))
+    with pytest.raises(TypeError) as raised:
+        _build(cls, tmp_path, max_steps=2)
+    message = str(raised.value)
+    assert "`UserTrainer.get_batch_samples`" in message and "`_get_num_items_in_batch`" in message
+    assert "`UserTrainer._maybe_log_save_evaluate`" in message and "`on_log`" in message
+    assert not os.path.exists(tmp_path / "checkpoint-2")
+
+
+def test_a_resume_only_override_is_refused_when_resuming_before_training(tmp_path):
+    cls = _with(hf_lightning.Trainer, _load_rng_state=_passthrough("_load_rng_state"))
+    trainer = _build(cls, tmp_path, max_steps=2, save_strategy="steps", save_steps=2, per_device_train_batch_size=4)
+    trainer.train()  # not resuming: nothing to refuse
+    assert trainer.state.global_step == 2
+    weights = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.args.max_steps = 4
+    with pytest.raises(TypeError, match=r"`UserTrainer._load_rng_state` overrides .* resume without the override"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert trainer.state.global_step == 2 and not os.path.exists(tmp_path / "checkpoint-4")
+    assert all(torch.equal(a, b) for a, b in zip(weights, trainer.model.parameters()))
+
+
+def _calls_of_every_method(base: type, out) -> set[str]:
+    """Every transformers.Trainer method the run calls, through a subclass that overrides each one (but the refused)."""
+    called: set[str] = set()
+    names = [n for n, v in vars(transformers.Trainer).items() if inspect.isfunction(v) and not n.startswith("__") and n not in REFUSED]
+
+    def recorder(name):
+        def method(self, *args, **kwargs):
+            called.add(name)
+            return getattr(super(Recorder, self), name)(*args, **kwargs)
+
+        method.__signature__ = inspect.signature(getattr(transformers.Trainer, name))
+        return method
+
+    Recorder = type("Recorder", (base,), {name: recorder(name) for name in names})
+    extra = dict(LIGHTNING_QUIET) if issubclass(base, hf_lightning.Trainer) else {}
+    args = make_args(out, max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2, logging_steps=1, per_device_train_batch_size=4,
+                     gradient_accumulation_steps=2, load_best_model_at_end=True, save_total_limit=1, include_num_input_tokens_seen="all")
+    data = dict(train_dataset=RegressionDataset(32), eval_dataset=RegressionDataset(8, seed=1))
+    torch.manual_seed(0)
+    trainer = Recorder(model=TinyReg(), args=args, **data, **extra)
+    trainer.train()
+    trainer.evaluate()
+    trainer.predict(RegressionDataset(8, seed=2))
+    trainer.save_model(str(out / "final"))
+    args.max_steps = 6
+    Recorder(model=TinyReg(), args=args, **data, **extra).train(resume_from_checkpoint=True)
+    return called
+
+
+def test_every_method_transformers_calls_is_called_or_refused(tmp_path):
+    """Differential on the extension surface: what transformers.Trainer calls on a run with accumulation, evaluation,
+    checkpoints, the best model, prediction, save_model and a resume, hf_lightning calls too (or refuses overriding)."""
+    theirs = _calls_of_every_method(transformers.Trainer, tmp_path / "hf")
+    ours = _calls_of_every_method(hf_lightning.Trainer, tmp_path / "hl")
+    assert sorted(theirs - ours) == []
+    assert set(ROUTED) <= ours  # every routed override ran
