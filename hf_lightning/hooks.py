@@ -109,11 +109,9 @@ def clear_train_mode_cache(model: nn.Module) -> None:
 def overrides(cls: type, name: str) -> bool:
     """``cls`` has a user's ``name`` (not transformers.Trainer's, not hf_lightning's): hf_lightning calls it where
     transformers does (``private_overrides.ROUTED``). Cached per class: the step asks on every batch."""
-    from transformers import Trainer
-
     from .private_overrides import user_override
 
-    return user_override(cls, name, (Trainer,))
+    return user_override(cls, name)
 
 
 def prepare_inputs(host: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:

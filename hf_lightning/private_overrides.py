@@ -13,10 +13,13 @@ Pure: the decisions read classes and flags only, and are tested with tables.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from typing import Literal
 
-__all__ = ["ROUTED", "REFUSED", "Refusal", "user_override", "refused_overrides", "check_overrides"]
+# The class itself, taken at import: a harness that later rebinds `transformers.Trainer` (to run transformers' own
+# tests on hf_lightning) must not make transformers' methods look like a user's.
+from transformers.trainer import Trainer as TransformersTrainer
+
+__all__ = ["ROUTED", "REFUSED", "Refusal", "TransformersTrainer", "user_override", "refused_overrides", "check_overrides"]
 
 ROUTED: dict[str, str] = {
     "_prepare_inputs": "called on each micro-batch before `compute_loss` (training_step) and on each evaluation batch (prediction_step)",
@@ -77,40 +80,38 @@ REFUSED: dict[str, Refusal] = {
 """Private methods with no place in Lightning's loop: an override is an error (``when`` it would have run)."""
 
 
-def _is_framework_class(klass: type, framework: Iterable[type]) -> bool:
+def _is_framework_class(klass: type) -> bool:
     module = getattr(klass, "__module__", "") or ""
-    return klass in framework or module == "hf_lightning" or module.startswith("hf_lightning.")
+    return klass is TransformersTrainer or module == "hf_lightning" or module.startswith("hf_lightning.")
 
 
-def user_override(cls: type, name: str, framework: Iterable[type]) -> bool:
-    """``cls`` gets ``name`` from a class other than ``framework``'s (transformers.Trainer) and hf_lightning's own."""
-    framework = tuple(framework)
+def user_override(cls: type, name: str) -> bool:
+    """``cls`` gets ``name`` from a class other than transformers.Trainer and hf_lightning's own."""
     for klass in cls.__mro__:
         if name in vars(klass):
-            return not _is_framework_class(klass, framework)
+            return not _is_framework_class(klass)
     return False
 
 
-def refused_overrides(cls: type, framework: Iterable[type], *, resuming: bool, load_best: bool) -> list[str]:
+def refused_overrides(cls: type, *, resuming: bool, load_best: bool) -> list[str]:
     """One message per refused method that ``cls`` overrides and this run would have called.
 
     Args:
         cls: the trainer class (a transformers.Trainer subclass).
-        framework: the classes whose methods are not overrides (transformers.Trainer); hf_lightning's are not either.
         resuming: the run resumes from a checkpoint.
         load_best: ``load_best_model_at_end`` is on.
     """
     applies = {"always": True, "resume": resuming, "load_best": load_best}
     problems = []
     for name, refusal in REFUSED.items():
-        if applies[refusal.when] and user_override(cls, name, framework):
+        if applies[refusal.when] and user_override(cls, name):
             owner = next(klass for klass in cls.__mro__ if name in vars(klass))
             problems.append(f"`{owner.__name__}.{name}` overrides transformers.Trainer.{name}, which hf_lightning never calls: {refusal.instead}.")
     return problems
 
 
-def check_overrides(cls: type, framework: Iterable[type], *, resuming: bool, load_best: bool) -> None:
+def check_overrides(cls: type, *, resuming: bool, load_best: bool) -> None:
     """Raise ``TypeError`` listing every refused override of ``cls`` that this run would have called."""
-    problems = refused_overrides(cls, framework, resuming=resuming, load_best=load_best)
+    problems = refused_overrides(cls, resuming=resuming, load_best=load_best)
     if problems:
         raise TypeError("\n".join(problems))

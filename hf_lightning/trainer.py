@@ -90,7 +90,7 @@ class Trainer(transformers.Trainer):
         if args is None:
             args = TrainingArguments(output_dir="tmp_trainer")
         # An override of a private method hf_lightning never calls is an error, not a no-op (private_overrides.py).
-        check_overrides(type(self), (transformers.Trainer,), resuming=False, load_best=bool(args.load_best_model_at_end))
+        check_overrides(type(self), resuming=False, load_best=bool(args.load_best_model_at_end))
         callbacks = list(callbacks or [])
         self._lightning_callbacks = [cb for cb in callbacks if isinstance(cb, Callback)]
         trainer_callbacks = [cb for cb in callbacks if not isinstance(cb, Callback)]
@@ -223,7 +223,7 @@ class Trainer(transformers.Trainer):
             resume_from_checkpoint = checkpoint_folders.find_last_checkpoint(args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No valid checkpoint found in output directory ({args.output_dir})")
-        check_overrides(type(self), (transformers.Trainer,), resuming=resume_from_checkpoint is not None, load_best=bool(args.load_best_model_at_end))
+        check_overrides(type(self), resuming=resume_from_checkpoint is not None, load_best=bool(args.load_best_model_at_end))
         if resume_from_checkpoint is not None and not os.path.isdir(resume_from_checkpoint):
             raise hf_format.CheckpointError(
                 f"Can't find a valid checkpoint at {resume_from_checkpoint}: checkpoint folder not found (pass a "

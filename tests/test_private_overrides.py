@@ -16,9 +16,6 @@ from hf_lightning.private_overrides import REFUSED, ROUTED, refused_overrides, u
 from helpers import LIGHTNING_QUIET, make_args
 from tiny import RegressionDataset, TinyReg
 
-FRAMEWORK = (transformers.Trainer,)
-
-
 def _with(base: type, **methods) -> type:
     return type("UserTrainer", (base,), methods)
 
@@ -55,25 +52,25 @@ def test_routed_and_refused_are_transformers_methods():
 )
 def test_refused_overrides_table(method, resuming, load_best, refused):
     cls = _with(hf_lightning.Trainer, **{method: _passthrough(method)})
-    problems = refused_overrides(cls, FRAMEWORK, resuming=resuming, load_best=load_best)
+    problems = refused_overrides(cls, resuming=resuming, load_best=load_best)
     assert bool(problems) == refused
     if refused:
         assert problems[0].startswith(f"`UserTrainer.{method}` overrides transformers.Trainer.{method}, which hf_lightning never calls")
 
 
 def test_hf_lightnings_own_methods_and_transformers_subclasses_are_not_user_overrides():
-    assert not user_override(hf_lightning.Trainer, "_save_checkpoint", FRAMEWORK)  # hf_lightning's own
-    assert user_override(hf_lightning.on_lightning(transformers.Seq2SeqTrainer), "prediction_step", FRAMEWORK)
-    assert refused_overrides(hf_lightning.on_lightning(transformers.Seq2SeqTrainer), FRAMEWORK, resuming=True, load_best=True) == []
+    assert not user_override(hf_lightning.Trainer, "_save_checkpoint")  # hf_lightning's own
+    assert user_override(hf_lightning.on_lightning(transformers.Seq2SeqTrainer), "prediction_step")
+    assert refused_overrides(hf_lightning.on_lightning(transformers.Seq2SeqTrainer), resuming=True, load_best=True) == []
 
 
 def test_trl_grpo_trainer_is_refused_only_on_resume():
     """GRPO overrides ``_prepare_inputs`` (routed) and ``_load_optimizer_and_scheduler`` (used only on resume)."""
     trl = pytest.importorskip("trl")
     cls = hf_lightning.on_lightning(trl.GRPOTrainer)
-    assert user_override(cls, "_prepare_inputs", FRAMEWORK)
-    assert refused_overrides(cls, FRAMEWORK, resuming=False, load_best=True) == []
-    assert [p.split("`")[1] for p in refused_overrides(cls, FRAMEWORK, resuming=True, load_best=False)] == [
+    assert user_override(cls, "_prepare_inputs")
+    assert refused_overrides(cls, resuming=False, load_best=True) == []
+    assert [p.split("`")[1] for p in refused_overrides(cls, resuming=True, load_best=False)] == [
         "GRPOTrainer._load_optimizer_and_scheduler"
     ]
 
@@ -142,3 +139,15 @@ def test_every_method_transformers_calls_is_called_or_refused(tmp_path):
     ours = _calls_of_every_method(hf_lightning.Trainer, tmp_path / "hl")
     assert sorted(theirs - ours) == []
     assert set(ROUTED) <= ours  # every routed override ran
+
+
+def test_a_harness_that_rebinds_transformers_trainer_is_not_refused(monkeypatch, tmp_path):
+    """``scripts/upstream_trainer_tests.py`` rebinds ``transformers.Trainer`` to a subclass of ours: transformers' own
+    methods must still not count as a user's overrides."""
+    standin = type("Trainer", (hf_lightning.Trainer,), {})
+    monkeypatch.setattr(transformers, "Trainer", standin)
+    monkeypatch.setattr(transformers.trainer, "Trainer", standin)
+    assert refused_overrides(standin, resuming=True, load_best=True) == []
+    trainer = _build(standin, tmp_path, max_steps=1)
+    trainer.train()
+    assert trainer.state.global_step == 1

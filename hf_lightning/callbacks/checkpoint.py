@@ -458,10 +458,11 @@ def saves_model_itself(host: Any) -> bool:
 
     from ..hooks import overrides
     from ..loops import LightningHooks
+    from ..private_overrides import TransformersTrainer
     from ..trainer import Trainer
 
     own = type(host).save_model not in (transformers.Trainer.save_model, Trainer.save_model, LightningHooks.save_model)
-    return own or (isinstance(host, transformers.Trainer) and overrides(type(host), "_save"))
+    return own or (isinstance(host, TransformersTrainer) and overrides(type(host), "_save"))
 
 
 def load_weights_into(trainer: pl.Trainer | None, pl_module: Any, checkpoint_dir: str) -> None:

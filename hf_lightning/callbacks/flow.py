@@ -393,12 +393,11 @@ class HFFlowCallback(LoopDriver):
     @property
     def _host_saves_checkpoints(self) -> bool:
         """The host is a transformers.Trainer subclass that overrides ``_save_checkpoint`` (TRL's write a model card)."""
-        import transformers
-
         from ..hooks import overrides
+        from ..private_overrides import TransformersTrainer
 
         host = self.host
-        return isinstance(host, transformers.Trainer) and overrides(type(host), "_save_checkpoint")
+        return isinstance(host, TransformersTrainer) and overrides(type(host), "_save_checkpoint")
 
     def _save(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if self.checkpointer is None:
