@@ -114,6 +114,14 @@ def overrides(cls: type, name: str) -> bool:
     return user_override(cls, name)
 
 
+def count_num_items(host: Any, batch_samples: list) -> torch.Tensor | None:
+    """``Trainer._get_num_items_in_batch``: the host's override, given ``args.device`` as transformers gives it, else
+    ``TrainerHooks``' own (the batches are already on Lightning's device)."""
+    if overrides(type(host), "_get_num_items_in_batch"):
+        return host._get_num_items_in_batch(batch_samples, host.args.device)
+    return TrainerHooks._get_num_items_in_batch(host, batch_samples, None)
+
+
 def prepare_inputs(host: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """``Trainer._prepare_inputs``: the host's override when it has one (TRL's GRPO/RLOO trainers do), else a copy."""
     cls = type(host)
@@ -361,7 +369,7 @@ class TrainerHooks:
             labels = None
         with torch.no_grad():
             if has_labels or loss_without_labels:
-                num_items_in_batch = self._get_num_items_in_batch([inputs], self.args.device if overrides(type(self), "_get_num_items_in_batch") else None)
+                num_items_in_batch = count_num_items(self, [inputs])
                 with self.compute_loss_context_manager():
                     loss, outputs = self.compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
                 loss = loss.detach().mean()

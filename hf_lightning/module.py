@@ -28,7 +28,7 @@ from typing_extensions import override
 from . import distributed
 from .callbacks.metrics import TorchMetrics
 from .data import GroupedLoader, micro_batches
-from .hooks import TrainerHooks, is_plateau_scheduler, overrides
+from .hooks import count_num_items, is_plateau_scheduler, overrides
 from .precision import autocast_forward, is_forward_autocast
 from .schedule import TrainPlan, plan_training
 from .step_dispatch import LIGHTNING_DISPATCH, StepDispatch, plan_step_dispatch
@@ -332,10 +332,7 @@ class HFModule(pl.LightningModule):
 
     def _num_items_in_batch(self, micros: list[Any]) -> Any:
         """``Trainer._get_num_items_in_batch`` over the group: label tokens, summed over the ranks when asked."""
-        hooks = self.hooks
-        if overrides(type(hooks), "_get_num_items_in_batch"):
-            return hooks._get_num_items_in_batch(micros, self.args.device)  # what transformers passes
-        return TrainerHooks._get_num_items_in_batch(hooks, micros, None)
+        return count_num_items(self.hooks, micros)
 
     @override
     def on_train_epoch_start(self) -> None:

@@ -87,6 +87,8 @@ def _is_framework_class(klass: type) -> bool:
 
 def user_override(cls: type, name: str) -> bool:
     """``cls`` gets ``name`` from a class other than transformers.Trainer and hf_lightning's own."""
+    # By hand: lightning_utilities' is_overridden compares with one parent class, and hf_lightning's classes can sit
+    # anywhere in the MRO (on_lightning puts hf_lightning.Trainer under TRL's trainers).
     for klass in cls.__mro__:
         if name in vars(klass):
             return not _is_framework_class(klass)

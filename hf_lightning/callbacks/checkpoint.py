@@ -454,15 +454,11 @@ def _warn_on_fresh_parts(source: str, extras: dict[str, Any], world_size: int) -
 def saves_model_itself(host: Any) -> bool:
     """The host overrides ``save_model``, or the ``_save`` that transformers' ``save_model`` calls (transformers' or
     hf_lightning's own are written by ``HFCheckpointIO``)."""
-    import transformers
-
     from ..hooks import overrides
-    from ..loops import LightningHooks
     from ..private_overrides import TransformersTrainer
-    from ..trainer import Trainer
 
-    own = type(host).save_model not in (transformers.Trainer.save_model, Trainer.save_model, LightningHooks.save_model)
-    return own or (isinstance(host, TransformersTrainer) and overrides(type(host), "_save"))
+    cls = type(host)
+    return overrides(cls, "save_model") or (isinstance(host, TransformersTrainer) and overrides(cls, "_save"))
 
 
 def load_weights_into(trainer: pl.Trainer | None, pl_module: Any, checkpoint_dir: str) -> None:
