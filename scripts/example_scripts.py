@@ -15,6 +15,11 @@ stand-ins in scripts/example_shims/.
     python scripts/example_scripts.py --scripts ~/transformers
     python scripts/example_scripts.py --scripts ~/transformers --only run_glue --keep /tmp/glue
     python scripts/example_scripts.py --scripts ~/transformers --extra "--use_cpu true --bf16 true"
+    python scripts/example_scripts.py --scripts ~/transformers --resume
+
+With ``--resume``, each script then runs twice more, as a run killed after its first checkpoint and restarted:
+stock and switched, each with ``--resume_from_checkpoint`` pointing at a copy of the stock run's ``checkpoint-3``
+(transformers' own checkpoint, resumed by hf_lightning), and those two outputs are compared the same way.
 
 It prints one table and exits with status 1 when a script fails or its two runs differ.
 """
@@ -43,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIMS = Path(__file__).resolve().parent / "example_shims"
 SWITCHED_NAMES = ("Trainer", "Seq2SeqTrainer")
 SWITCH_MARK = "# switched to hf_lightning by scripts/example_scripts.py"
+RESUME_FROM = "checkpoint-3"  # the first of the two checkpoints STEPS writes
 STEPS = ["--max_steps", "6", "--eval_strategy", "steps", "--eval_steps", "3", "--save_steps", "3", "--logging_steps", "1"]
 COMMON = [
     "--do_train", "--do_eval", *STEPS, "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
@@ -187,10 +193,14 @@ class Outcome:
     log_tail: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
     files: int = 0
+    resumed: bool = False
+    """Whether the resumed runs (``--resume``) were compared too."""
+    resume_differences: list[str] = field(default_factory=list)
+    resume_files: int = 0
 
     @property
     def equal(self) -> bool:
-        return not self.failed and not self.differences
+        return not self.failed and not self.differences and not self.resume_differences
 
 
 def run_once(script: Path, arguments: Sequence[str], work: Path, python: str, timeout: float) -> tuple[float, str]:
@@ -219,25 +229,41 @@ def run_once(script: Path, arguments: Sequence[str], work: Path, python: str, ti
 
 
 def check_script(spec: ScriptSpec, folder: Path, fixtures: Fixtures, work: Path, python: str, timeout: float,
-                 extra: Sequence[str]) -> Outcome:
-    """Run ``spec`` stock, then switched, at the same paths under ``work``; compare what each wrote."""
+                 extra: Sequence[str], resume: bool = False) -> Outcome:
+    """Run ``spec`` stock, then switched, at the same paths under ``work``; compare what each wrote.
+
+    With ``resume``, then run both again from a copy of the stock run's ``checkpoint-3`` and compare those outputs.
+    """
     outcome = Outcome(spec.name)
     output = work / "output"
     arguments = [*COMMON, *spec.arguments(fixtures), "--output_dir", str(output), *extra]
-    for variant in ("stock", "hf_lightning"):
-        script = prepare_copy(folder, work / "scripts", spec, switched=variant == "hf_lightning")
-        shutil.rmtree(output, ignore_errors=True)
-        seconds, error = run_once(script, arguments, work, python, timeout)
-        outcome.seconds[variant] = seconds
-        (work / "log.txt").replace(work / f"log_{variant}.txt")
-        if error:
-            outcome.failed = f"{variant}: {error.replace('log.txt', f'log_{variant}.txt')}"
-            outcome.log_tail = (work / f"log_{variant}.txt").read_text(errors="replace").splitlines()[-25:]
-            return outcome
-        shutil.rmtree(work / variant, ignore_errors=True)
-        output.replace(work / variant)
-    outcome.differences = compare_folders(work / "stock", work / "hf_lightning")
-    outcome.files = count_files(work / "stock")
+    phases = [("", [])]
+    if resume:
+        phases.append(("resumed_", ["--resume_from_checkpoint", str(output / RESUME_FROM)]))
+    for prefix, more in phases:
+        for variant in ("stock", "hf_lightning"):
+            name = prefix + variant
+            script = prepare_copy(folder, work / "scripts", spec, switched=variant == "hf_lightning")
+            shutil.rmtree(output, ignore_errors=True)
+            if prefix:  # the output folder of a run stopped right after its first checkpoint
+                output.mkdir()
+                shutil.copytree(work / "stock" / RESUME_FROM, output / RESUME_FROM)
+            seconds, error = run_once(script, [*arguments, *more], work, python, timeout)
+            outcome.seconds[name] = seconds
+            (work / "log.txt").replace(work / f"log_{name}.txt")
+            if error:
+                outcome.failed = f"{name}: {error.replace('log.txt', f'log_{name}.txt')}"
+                outcome.log_tail = (work / f"log_{name}.txt").read_text(errors="replace").splitlines()[-25:]
+                return outcome
+            shutil.rmtree(work / name, ignore_errors=True)
+            output.replace(work / name)
+        if prefix:
+            outcome.resumed = True
+            outcome.resume_differences = compare_folders(work / "resumed_stock", work / "resumed_hf_lightning")
+            outcome.resume_files = count_files(work / "resumed_stock")
+        else:
+            outcome.differences = compare_folders(work / "stock", work / "hf_lightning")
+            outcome.files = count_files(work / "stock")
     return outcome
 
 
@@ -248,11 +274,15 @@ def table(outcomes: Sequence[Outcome]) -> str:
         times = [f"{o.seconds[v]:.0f} s" if v in o.seconds else "-" for v in ("stock", "hf_lightning")]
         verdict = (f"FAILED {o.failed}" if o.failed else f"DIFFERS {o.differences[0]}" if o.differences
                    else f"bitwise equal ({o.files} files)")
+        if o.resumed and not o.failed:
+            verdict += (f"; resumed from {RESUME_FROM}: DIFFERS {o.resume_differences[0]}" if o.resume_differences
+                        else f"; resumed from {RESUME_FROM}: bitwise equal ({o.resume_files} files)")
         rows.append((o.name, *times, verdict))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] for row in rows]
     for o in outcomes:
         lines += [f"  {o.name}: {difference}" for difference in o.differences[1:]]
+        lines += [f"  {o.name} resumed: {difference}" for difference in o.resume_differences[1:]]
     for o in outcomes:
         if o.log_tail:
             lines += ["", f"{o.name}, end of the failed run's log:", *(f"  | {line}" for line in o.log_tail)]
@@ -268,6 +298,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", type=Path, help="work in this folder and keep the fixtures, outputs and logs")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs the scripts")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one run of one script may take")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"also resume both from the stock run's {RESUME_FROM} and compare the resumed runs")
     parser.add_argument("--extra", default="", help='more script arguments for both runs, e.g. "--use_cpu true --bf16 true"')
     return parser.parse_args(argv)
 
@@ -288,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fixtures = build_fixtures(work / "fixtures")
         outcomes = []
         for spec in specs:
-            outcomes.append(check_script(spec, folders[spec.name], fixtures, work / spec.name, args.python, args.timeout, extra))
+            outcomes.append(check_script(spec, folders[spec.name], fixtures, work / spec.name, args.python, args.timeout, extra,
+                                         resume=args.resume))
             print(f"{spec.name}: {'equal' if outcomes[-1].equal else 'NOT equal'}", flush=True)
     finally:
         if args.keep is None:
@@ -296,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table(outcomes))
     print(f"\n{sum(o.equal for o in outcomes)}/{len(outcomes)} bitwise equal in {time.perf_counter() - start:.0f} s"
-          + (f" (extra arguments: {args.extra})" if args.extra else ""))
+          + (f" (extra arguments: {args.extra})" if args.extra else "") + (f", resumed from {RESUME_FROM} too" if args.resume else ""))
     return 0 if all(o.equal for o in outcomes) else 1
 
 

@@ -196,6 +196,44 @@ def test_values_are_compared_bitwise_and_with_their_types():
         "eval_loss": 2, "x": [{}]}
 
 
+# ------------------------------------------------------------------------------ the resumed runs (--resume)
+
+FAKE_SCRIPT = """import json, os, sys
+from pathlib import Path
+if False:
+    from transformers import Trainer
+args = sys.argv[1:]
+out = Path(args[args.index("--output_dir") + 1])
+resume = args[args.index("--resume_from_checkpoint") + 1] if "--resume_from_checkpoint" in args else None
+switched = "switched to " + "hf_lightning by" in Path(__file__).read_text()  # split: the text itself is not the mark
+(out / "checkpoint-3").mkdir(parents=True, exist_ok=True)
+(out / "checkpoint-3" / "state.json").write_text(json.dumps({"step": 3}))
+result = {"resumed_from": json.loads((Path(resume) / "state.json").read_text()) if resume else None}
+if resume and switched and os.environ.get("FAKE_DIFFERS_AFTER_RESUME"):
+    result["resumed_by"] = "hf_lightning"
+(out / "result.json").write_text(json.dumps(result))
+"""
+
+
+@pytest.mark.parametrize("differs", [False, True])
+def test_resume_restarts_both_from_the_stock_checkpoint_and_compares_them(tmp_path, monkeypatch, differs):
+    folder = _task_folder(tmp_path / "scripts", "fake-task", {"run_fake.py": FAKE_SCRIPT})
+    if differs:
+        monkeypatch.setenv("FAKE_DIFFERS_AFTER_RESUME", "1")
+    spec = harness.ScriptSpec("run_fake", "fake-task", lambda f: [])
+    outcome = harness.check_script(spec, folder, None, tmp_path / "work", sys.executable, 60, [], resume=True)
+    assert not outcome.failed and outcome.differences == [] and outcome.resumed
+    for name in ("resumed_stock", "resumed_hf_lightning"):  # each got the stock run's checkpoint-3 as its --resume_from_checkpoint
+        assert json.loads((tmp_path / "work" / name / "result.json").read_text())["resumed_from"] == {"step": 3}
+    if differs:
+        assert outcome.resume_differences == ["result.json: value: keys ['resumed_from'] != ['resumed_from', 'resumed_by']"]
+        assert not outcome.equal
+        assert "resumed from checkpoint-3: DIFFERS result.json" in harness.table([outcome])
+    else:
+        assert outcome.resume_differences == [] and outcome.equal
+        assert "bitwise equal (2 files); resumed from checkpoint-3: bitwise equal (2 files)" in harness.table([outcome])
+
+
 # --------------------------------------------------------------------------------------- the stand-ins
 
 def test_evaluate_stand_in_scores():
@@ -232,7 +270,8 @@ def test_example_scripts_give_bitwise_equal_results_on_hf_lightning(tmp_path, ca
     scripts = os.environ.get("HF_LIGHTNING_EXAMPLES")
     if not scripts:
         pytest.skip("set HF_LIGHTNING_EXAMPLES to a transformers checkout (its examples/pytorch scripts are not part of this project)")
-    status = harness.main(["--scripts", scripts, "--keep", str(tmp_path)])
+    status = harness.main(["--scripts", scripts, "--keep", str(tmp_path), "--resume"])
     report = capsys.readouterr().out
     assert status == 0, report
     assert f"{len(harness.SPECS)}/{len(harness.SPECS)} bitwise equal" in report
+    assert report.count("resumed from checkpoint-3: bitwise equal") == len(harness.SPECS), report
