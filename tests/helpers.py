@@ -20,7 +20,7 @@ from transformers import TrainingArguments
 
 import hf_lightning
 
-TIMING = ("runtime", "per_second", "model_preparation_time")
+TIMING = ("runtime", "per_second", "model_preparation_time", "step_time")  # wall-clock keys (step_time: TRL's)
 LIGHTNING_QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 
 

@@ -5,7 +5,6 @@ collator's random state (MLM masking) against transformers."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace

@@ -1,4 +1,7 @@
-"""TRL's ``SFTTrainer`` and ``DPOTrainer`` on Lightning through ``on_lightning``: the same runs as TRL's own.
+"""TRL's trainers on Lightning through ``on_lightning``: the same runs as TRL's own.
+
+SFT and DPO in detail; then Reward, KTO, GRPO, RLOO and Distillation, each run by TRL and by ``on_lightning`` of the
+same class on the same tiny Llama, compared bit for bit (log_history, weights, checkpoint files).
 
 TRL's trainers subclass transformers.Trainer and override its points (``compute_loss`` with token accuracy and
 entropy, ``log``, ``_prepare_dataset``, their own collator, the signature columns); ``on_lightning(SFTTrainer)``
@@ -62,7 +65,7 @@ def test_sft_trainer_on_lightning_equals_trl(tmp_path):
     history = ours.state.log_history
     assert {"entropy", "mean_token_accuracy", "num_tokens"} <= set(history[0])  # TRL's own log keys came through
     assert any("eval_mean_token_accuracy" in entry for entry in history)
-    assert_same_history(stock.state.log_history, history)
+    assert_same_history(stock.state.log_history, history, rel=0.0)
     assert_same_weights(stock.model, ours.model, atol=0.0)
     for step in ("checkpoint-2", "checkpoint-4"):
         assert sorted(os.listdir(tmp_path / "trl" / step)) == sorted(os.listdir(tmp_path / "hl" / step))
@@ -99,7 +102,100 @@ def test_dpo_trainer_on_lightning_equals_trl(tmp_path):
     assert {"rewards/chosen", "rewards/margins", "logps/rejected"} <= set(history[0])
     assert history[0]["rewards/chosen"] == 0.0  # the policy is its reference at the first step, to the last bit
     assert history[1]["loss"] < history[0]["loss"]  # and it learns
-    assert_same_history(stock.state.log_history, history)
+    assert_same_history(stock.state.log_history, history, rel=0.0)
+    assert_same_weights(stock.model, ours.model, atol=0.0)
+    for step in ("checkpoint-2", "checkpoint-4"):
+        assert sorted(os.listdir(tmp_path / "trl" / step)) == sorted(os.listdir(tmp_path / "hl" / step))
+
+
+# ------------------------------------------------------------------------------- the other TRL trainers
+
+def _saved_llama(folder, tokenizer, noise_seed: int | None = None) -> str:
+    """The tiny Llama saved to ``folder`` (a path: TRL loads reference/teacher models by name); ``noise_seed`` perturbs it."""
+    model = _tiny_llama(tokenizer)
+    if noise_seed is not None:
+        torch.manual_seed(noise_seed)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter) * 0.2)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _reward_length(completions, **kwargs):
+    return [float(len(completion.split())) for completion in completions]
+
+
+def _prompts(n: int, first: int = 10) -> dict[str, list[str]]:
+    return {"prompt": [f"w1 w2 w{first + i}" for i in range(n)]}
+
+
+ONLINE = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=4, logging_steps=1, eval_strategy="steps",
+              eval_steps=2, save_strategy="steps", save_steps=2, learning_rate=1e-3, report_to="none", use_cpu=True,
+              disable_tqdm=True, seed=0, bf16=False, max_completion_length=8)
+"""The trainers that generate: 4 prompts per micro-batch (GRPO/RLOO: 1 prompt x 4 generations), completions of 8 tokens."""
+
+
+def _other_trainer_cases(tmp_path, tokenizer):
+    """Per trainer: TRL's trainer and config classes, the config's arguments, and the trainer's inputs (built afresh per run)."""
+    import datasets
+
+    policy = _saved_llama(tmp_path / "policy", tokenizer)
+    preferences = {"chosen": [f"w1 w2 w{30 + i % 5} w40" for i in range(16)], "rejected": [f"w1 w2 w{50 + i % 7} w60 w61" for i in range(16)]}
+    kto = {**_prompts(16), "completion": [f" w{30 + i % 5} w40" for i in range(16)], "label": [i % 3 != 0 for i in range(16)]}
+    completions = {**_prompts(16), "completion": [f" w{30 + i % 5} w40" for i in range(16)]}
+
+    def reward_model():
+        torch.manual_seed(0)
+        config = transformers.LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id, num_labels=1,
+        )
+        return transformers.LlamaForSequenceClassification(config)
+
+    def train_eval(rows, n_eval=8):
+        train = datasets.Dataset.from_dict(rows)
+        return dict(train_dataset=train, eval_dataset=train.select(range(n_eval)))
+
+    return {
+        # sequence-classification model, pairwise loss, TRL's reward metrics (accuracy, margin)
+        "reward": (trl.RewardTrainer, trl.RewardConfig, RUN, lambda: dict(model=reward_model(), **train_eval(preferences))),
+        # unpaired preferences; a reference model loaded from the policy's folder
+        "kto": (trl.KTOTrainer, trl.KTOConfig, RUN, lambda: dict(model=policy, **train_eval(kto))),
+        # generation in `_prepare_inputs` (TRL's override), reused over num_iterations=2; no reference model (beta=0)
+        "grpo": (trl.GRPOTrainer, trl.GRPOConfig, dict(ONLINE, num_generations=4, num_iterations=2),
+                 lambda: dict(model=policy, reward_funcs=_reward_length, train_dataset=datasets.Dataset.from_dict(_prompts(16)),
+                              eval_dataset=datasets.Dataset.from_dict(_prompts(8, first=20)))),
+        # leave-one-out baseline with a KL term to a reference model (beta > 0 by default)
+        "rloo": (trl.RLOOTrainer, trl.RLOOConfig, dict(ONLINE, num_generations=4, num_iterations=2),
+                 lambda: dict(model=policy, reward_funcs=_reward_length, train_dataset=datasets.Dataset.from_dict(_prompts(16)),
+                              eval_dataset=datasets.Dataset.from_dict(_prompts(8, first=20)))),
+        # on-policy distillation from a perturbed copy of the policy, in bf16 (TRL's default)
+        "distillation": (trl.DistillationTrainer, trl.DistillationConfig, dict(ONLINE, bf16=True),
+                         lambda: dict(model=policy, teacher_model=_saved_llama(tmp_path / "teacher", tokenizer, noise_seed=1),
+                                      **train_eval(completions))),
+    }
+
+
+@pytest.mark.parametrize("name", ["reward", "kto", "grpo", "rloo", "distillation"])
+def test_other_trl_trainers_on_lightning_equal_trl(tmp_path, name):
+    tokenizer = write_tokenizer(tmp_path / "tokenizer")
+    tokenizer.eos_token = "[SEP]"
+    cases = _other_trainer_cases(tmp_path, tokenizer)
+    trainer_class, config_class, arguments, inputs = cases[name]
+
+    def run(cls, out, **kwargs):
+        trainer = cls(args=config_class(output_dir=str(tmp_path / out), **arguments), processing_class=tokenizer, **inputs(), **kwargs)
+        trainer.train()
+        return trainer
+
+    stock = run(trainer_class, "trl")
+    ours = run(hf_lightning.on_lightning(trainer_class), "hl", **LIGHTNING_QUIET)
+    history = ours.state.log_history
+    assert any("eval_loss" in entry for entry in history)
+    assert history[0]["loss"] != 0.0 or history[0].get("grad_norm", 0.0) != 0.0  # a run that learns something
+    assert_same_history(stock.state.log_history, history, rel=0.0)
     assert_same_weights(stock.model, ours.model, atol=0.0)
     for step in ("checkpoint-2", "checkpoint-4"):
         assert sorted(os.listdir(tmp_path / "trl" / step)) == sorted(os.listdir(tmp_path / "hl" / step))
