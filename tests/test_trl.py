@@ -1,7 +1,8 @@
 """TRL's trainers on Lightning through ``on_lightning``: the same runs as TRL's own.
 
 SFT and DPO in detail; then Reward, KTO, GRPO, RLOO and Distillation, each run by TRL and by ``on_lightning`` of the
-same class on the same tiny Llama, compared bit for bit (log_history, weights, checkpoint files).
+same class on the same tiny Llama, compared bit for bit (log_history, weights, checkpoint files); and GRPO in two
+processes, Lightning's DDP against TRL under torchrun.
 
 TRL's trainers subclass transformers.Trainer and override its points (``compute_loss`` with token accuracy and
 entropy, ``log``, ``_prepare_dataset``, their own collator, the signature columns); ``on_lightning(SFTTrainer)``
@@ -199,3 +200,21 @@ def test_other_trl_trainers_on_lightning_equal_trl(tmp_path, name):
     assert_same_weights(stock.model, ours.model, atol=0.0)
     for step in ("checkpoint-2", "checkpoint-4"):
         assert sorted(os.listdir(tmp_path / "trl" / step)) == sorted(os.listdir(tmp_path / "hl" / step))
+
+
+@pytest.mark.distributed
+def test_grpo_in_two_processes_on_lightning_equals_trl_under_torchrun(tmp_path):
+    """GRPO gathers the rewards of all ranks to compute each group's advantage and generates on every rank: under
+    Lightning's DDP (2 CPU processes, gloo) the log_history and the final weights are TRL's under torchrun, bit for bit."""
+    import json
+
+    from dist_helpers import torchrun
+
+    for framework in ("hf", "hl"):
+        torchrun("trl_ddp_run.py", "--framework", framework, "--out", str(tmp_path))
+    expected, actual = (json.loads((tmp_path / f"{fw}_history.json").read_text()) for fw in ("hf", "hl"))
+    assert sum("eval_loss" in entry for entry in expected) == 2 and len(expected) == 7  # 4 steps, 2 evaluations, the summary
+    assert actual == expected
+    weights = {fw: torch.load(tmp_path / f"{fw}_weights.pt") for fw in ("hf", "hl")}
+    assert weights["hf"].keys() == weights["hl"].keys()
+    assert all(torch.equal(weights["hf"][k], weights["hl"][k]) for k in weights["hf"])
