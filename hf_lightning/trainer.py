@@ -306,6 +306,16 @@ class Trainer(transformers.Trainer):
             raise RuntimeError("`_save_checkpoint` writes a checkpoint of the running training; call it during `train()`.")
         flow._save(trainer, module)
 
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Nothing to load: Lightning has restored ``optimizer.pt``/``scheduler.pt`` from ``checkpoint`` before the loop.
+
+        A subclass's override is called when a resumed run starts, after that restore and before ``on_train_begin``, as
+        transformers calls it (TRL's GRPOTrainer restores its entropy controller there); its ``super()`` call lands here.
+
+        Args:
+            checkpoint: the ``checkpoint-N`` folder the run resumes from (None: a fresh run).
+        """
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """transformers' ``save_model``; under a sharding strategy the full weights are gathered first (a collective)."""
         from . import distributed

@@ -14,6 +14,7 @@ import transformers
 import hf_lightning
 from hf_lightning.private_overrides import REFUSED, ROUTED, refused_overrides, user_override
 from helpers import LIGHTNING_QUIET, make_args
+from overrides import subclass
 from tiny import RegressionDataset, TinyReg
 
 def _with(base: type, **methods) -> type:
@@ -42,7 +43,7 @@ def test_routed_and_refused_are_transformers_methods():
         ("_save_rng_state", False, False, True),
         ("_load_rng_state", False, False, False),
         ("_load_rng_state", True, False, True),
-        ("_load_optimizer_and_scheduler", True, False, True),
+        ("_load_optimizer_and_scheduler", True, False, False),  # routed
         ("_load_best_model", False, False, False),
         ("_load_best_model", False, True, True),
         ("_prepare_inputs", True, True, False),  # routed
@@ -64,15 +65,55 @@ def test_hf_lightnings_own_methods_and_transformers_subclasses_are_not_user_over
     assert refused_overrides(hf_lightning.on_lightning(transformers.Seq2SeqTrainer), resuming=True, load_best=True) == []
 
 
-def test_trl_grpo_trainer_is_refused_only_on_resume():
-    """GRPO overrides ``_prepare_inputs`` (routed) and ``_load_optimizer_and_scheduler`` (used only on resume)."""
+def test_trl_grpo_trainer_overrides_only_routed_methods():
+    """GRPO overrides ``_prepare_inputs`` (generation) and ``_load_optimizer_and_scheduler`` (its entropy controller's
+    state, on resume): both routed, so nothing is refused, resuming or not."""
     trl = pytest.importorskip("trl")
     cls = hf_lightning.on_lightning(trl.GRPOTrainer)
-    assert user_override(cls, "_prepare_inputs")
+    assert user_override(cls, "_prepare_inputs") and user_override(cls, "_load_optimizer_and_scheduler")
     assert refused_overrides(cls, resuming=False, load_best=True) == []
-    assert [p.split("`")[1] for p in refused_overrides(cls, resuming=True, load_best=False)] == [
-        "GRPOTrainer._load_optimizer_and_scheduler"
-    ]
+    assert refused_overrides(cls, resuming=True, load_best=True) == []
+
+
+class LoadOptimizerAndScheduler:
+    """Records what the restored optimizer and scheduler hold when the override runs, after its ``super()``."""
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        state = self.optimizer.state_dict()["state"]
+        self.loaded = dict(
+            checkpoint=os.path.basename(checkpoint), global_step=self.state.global_step,
+            adam_steps=sorted({float(s["step"]) for s in state.values()}), exp_avg=[s["exp_avg"].clone() for s in state.values()],
+            scheduler_epoch=self.lr_scheduler.last_epoch, lr=self.optimizer.param_groups[0]["lr"],
+        )
+
+
+@pytest.mark.parametrize("writer", ["transformers", "hf_lightning"])
+def test_load_optimizer_and_scheduler_override_runs_on_resume_as_in_transformers(tmp_path, writer):
+    """The same subclass of each trainer resumes from the same checkpoint (written by ``writer``): the override runs
+    once, sees the restored optimizer and scheduler, and the resumed runs end with the same weights."""
+    bases = {"transformers": transformers.Trainer, "hf_lightning": hf_lightning.Trainer}
+    run = dict(max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=4, learning_rate=0.1)
+
+    def build(framework, out):
+        torch.manual_seed(0)
+        cls = subclass(LoadOptimizerAndScheduler, bases[framework])
+        extra = dict(LIGHTNING_QUIET) if framework == "hf_lightning" else {}
+        return cls(model=TinyReg(), args=make_args(out, **run), train_dataset=RegressionDataset(32), **extra)
+
+    first = build(writer, tmp_path / "first")
+    first.train()
+    assert not hasattr(first, "loaded")  # a fresh run has nothing to load (transformers does not call it either)
+    resumed = {}
+    for framework in bases:
+        trainer = resumed[framework] = build(framework, tmp_path / framework)
+        trainer.train(resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-2"))
+    expected, actual = resumed["transformers"].loaded, resumed["hf_lightning"].loaded
+    assert expected["checkpoint"] == "checkpoint-2" and expected["adam_steps"] == [2.0] and expected["scheduler_epoch"] == 2
+    assert {k: v for k, v in actual.items() if k != "exp_avg"} == {k: v for k, v in expected.items() if k != "exp_avg"}
+    assert all(torch.equal(a, b) for a, b in zip(expected["exp_avg"], actual["exp_avg"]))
+    for a, b in zip(resumed["transformers"].model.parameters(), resumed["hf_lightning"].model.parameters()):
+        assert torch.equal(a, b)
 
 
 def _build(cls: type, out, **args):

@@ -202,6 +202,35 @@ def test_other_trl_trainers_on_lightning_equal_trl(tmp_path, name):
         assert sorted(os.listdir(tmp_path / "trl" / step)) == sorted(os.listdir(tmp_path / "hl" / step))
 
 
+def test_grpo_resumes_from_trls_checkpoint_as_trl_does(tmp_path):
+    """GRPO overrides ``_load_optimizer_and_scheduler`` (its entropy controller's state): routed, so
+    ``on_lightning(GRPOTrainer)`` resumes TRL's own ``checkpoint-3`` and continues exactly as TRL's resumed run."""
+    import shutil
+
+    import datasets
+
+    tokenizer = write_tokenizer(tmp_path / "tokenizer")
+    tokenizer.eos_token = "[SEP]"
+    policy = _saved_llama(tmp_path / "policy", tokenizer)
+
+    def run(cls, out, resume_from=None, **kwargs):
+        args = trl.GRPOConfig(output_dir=str(tmp_path / out), **dict(ONLINE, max_steps=6, save_steps=3, eval_strategy="no",
+                                                                     num_generations=4, num_iterations=2))
+        if resume_from is not None:  # the output folder of a run stopped after its first checkpoint
+            shutil.copytree(resume_from, tmp_path / out / "checkpoint-3")
+        trainer = cls(model=policy, reward_funcs=_reward_length, args=args, processing_class=tokenizer,
+                      train_dataset=datasets.Dataset.from_dict(_prompts(16)), **kwargs)
+        trainer.train(resume_from_checkpoint=None if resume_from is None else str(tmp_path / out / "checkpoint-3"))
+        return trainer
+
+    run(trl.GRPOTrainer, "first")
+    stock = run(trl.GRPOTrainer, "trl", resume_from=tmp_path / "first" / "checkpoint-3")
+    ours = run(hf_lightning.on_lightning(trl.GRPOTrainer), "hl", resume_from=tmp_path / "first" / "checkpoint-3", **LIGHTNING_QUIET)
+    assert [entry["step"] for entry in ours.state.log_history[:4]] == [1, 2, 3, 4]  # TRL's history up to step 3, then ours
+    assert_same_history(stock.state.log_history, ours.state.log_history, rel=0.0)
+    assert_same_weights(stock.model, ours.model, atol=0.0)
+    assert sorted(os.listdir(tmp_path / "trl" / "checkpoint-6")) == sorted(os.listdir(tmp_path / "hl" / "checkpoint-6"))
+
 @pytest.mark.distributed
 def test_grpo_in_two_processes_on_lightning_equals_trl_under_torchrun(tmp_path):
     """GRPO gathers the rewards of all ranks to compute each group's advantage and generates on every rank: under

@@ -269,6 +269,8 @@ class HFFlowCallback(LoopDriver):
             if skip and hasattr(loader, "skip_groups_once"):
                 loader.skip_groups_once(skip)
             self._rng_restore = "batch" if skip else "epoch"
+            if self._host_overrides("_load_optimizer_and_scheduler"):
+                host._load_optimizer_and_scheduler(self.resume["dir"])  # after Lightning's restore, as transformers calls it
         handler = self.handler
         handler.model = host.model
         handler.optimizer = host.optimizer
@@ -390,14 +392,18 @@ class HFFlowCallback(LoopDriver):
         self._sync_tokens()
         return self.host._evaluate(self.trial, self.ignore_keys_for_eval, skip_scheduler=skip_scheduler)
 
-    @property
-    def _host_saves_checkpoints(self) -> bool:
-        """The host is a transformers.Trainer subclass that overrides ``_save_checkpoint`` (TRL's write a model card)."""
+    def _host_overrides(self, name: str) -> bool:
+        """The host is a transformers.Trainer subclass that overrides the private method ``name``."""
         from ..hooks import overrides
         from ..private_overrides import TransformersTrainer
 
         host = self.host
-        return isinstance(host, TransformersTrainer) and overrides(type(host), "_save_checkpoint")
+        return isinstance(host, TransformersTrainer) and overrides(type(host), name)
+
+    @property
+    def _host_saves_checkpoints(self) -> bool:
+        """The host overrides ``_save_checkpoint`` (TRL's trainers write a model card there)."""
+        return self._host_overrides("_save_checkpoint")
 
     def _save(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if self.checkpointer is None:
