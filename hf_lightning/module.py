@@ -602,7 +602,12 @@ class HFModule(pl.LightningModule):
             return
         from .hf_format import CheckpointError, load_adapter_into
 
-        if extras.get("adapter_weights") is not None:
+        if overrides(type(self.hooks), "_load_from_checkpoint"):
+            # A subclass's override loads the weights, where transformers calls it on resume (sentence-transformers
+            # loads its own model folder); Lightning then restores what the model holds.
+            self.hooks._load_from_checkpoint(extras["source_dir"])
+            checkpoint["state_dict"] = self.state_dict()
+        elif extras.get("adapter_weights") is not None:
             load_adapter_into(self.model, extras["adapter_weights"])
             checkpoint["state_dict"] = self.state_dict()  # what Lightning restores next: the model as it now is
         state_dict = checkpoint["state_dict"]

@@ -306,6 +306,35 @@ class Trainer(transformers.Trainer):
             raise RuntimeError("`_save_checkpoint` writes a checkpoint of the running training; call it during `train()`.")
         flow._save(trainer, module)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Load the weights (or PEFT adapter) of ``resume_from_checkpoint`` into the model, as transformers does.
+
+        On resume hf_lightning loads the weights while Lightning restores the checkpoint; a subclass's override is
+        called there instead (sentence-transformers loads its own model folder), and its ``super()`` call lands here.
+
+        Args:
+            resume_from_checkpoint: the ``checkpoint-N`` folder to load.
+            model: the model to load into (None: the model being trained).
+        """
+        from .callbacks.checkpoint import load_weights_into
+
+        if model is not None and model is not self.model or self.module is None:
+            hf_format.load_weights_into_model(self.model if model is None else model, hf_format.read_weights(resume_from_checkpoint))
+            return
+        load_weights_into(self.lightning_trainer, self.module, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        """Load the best checkpoint's weights (``load_best_model_at_end``), after the training summary, as transformers.
+
+        A subclass's override runs instead (sentence-transformers records the best step in its model card), and its
+        ``super()`` call lands here. Called on every rank.
+        """
+        from .callbacks.checkpoint import load_weights_into
+        from .callbacks.reporting import trainer_logger
+
+        trainer_logger().info(f"Loading best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")
+        load_weights_into(self.lightning_trainer, self.module, self.state.best_model_checkpoint)
+
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """Nothing to load: Lightning has restored ``optimizer.pt``/``scheduler.pt`` from ``checkpoint`` before the loop.
 

@@ -13,7 +13,7 @@ import transformers
 
 import hf_lightning
 from hf_lightning.private_overrides import REFUSED, ROUTED, refused_overrides, user_override
-from helpers import LIGHTNING_QUIET, make_args
+from helpers import LIGHTNING_QUIET, assert_same_history, make_args
 from overrides import subclass
 from tiny import RegressionDataset, TinyReg
 
@@ -44,8 +44,8 @@ def test_routed_and_refused_are_transformers_methods():
         ("_load_rng_state", False, False, False),
         ("_load_rng_state", True, False, True),
         ("_load_optimizer_and_scheduler", True, False, False),  # routed
-        ("_load_best_model", False, False, False),
-        ("_load_best_model", False, True, True),
+        ("_load_best_model", False, True, False),  # routed
+        ("_load_from_checkpoint", True, False, False),  # routed
         ("_prepare_inputs", True, True, False),  # routed
         ("_save", True, True, False),  # routed
         ("compute_loss", True, True, False),  # an override point
@@ -192,3 +192,59 @@ def test_a_harness_that_rebinds_transformers_trainer_is_not_refused(monkeypatch,
     trainer = _build(standin, tmp_path, max_steps=1)
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+class LoadFromCheckpoint:
+    """Loads as the base does, then halves the weights: the resumed run must train from the halved weights."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.loaded_from = os.path.basename(resume_from_checkpoint)
+        with torch.no_grad():
+            for parameter in self.model.parameters():
+                parameter.mul_(0.5)
+
+
+class LoadBestModel:
+    """Records the best checkpoint, loads it as the base does, then halves the weights."""
+
+    def _load_best_model(self):
+        self.best_seen = (os.path.basename(self.state.best_model_checkpoint), self.state.best_metric, self.state.global_step)
+        super()._load_best_model()
+        with torch.no_grad():
+            for parameter in self.model.parameters():
+                parameter.mul_(0.5)
+
+
+def _same_subclass_on_both(body, tmp_path, run_args, *, resume_from=None, data=None):
+    trainers = {}
+    for name, base in (("transformers", transformers.Trainer), ("hf_lightning", hf_lightning.Trainer)):
+        torch.manual_seed(0)
+        extra = dict(LIGHTNING_QUIET) if name == "hf_lightning" else {}
+        trainer = trainers[name] = subclass(body, base)(model=TinyReg(), args=make_args(tmp_path / name, **run_args), **data, **extra)
+        trainer.train(resume_from_checkpoint=resume_from)
+    return trainers["transformers"], trainers["hf_lightning"]
+
+
+def test_load_from_checkpoint_override_loads_the_weights_on_resume_as_in_transformers(tmp_path):
+    run = dict(max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=4, learning_rate=0.1)
+    data = dict(train_dataset=RegressionDataset(32))
+    torch.manual_seed(0)
+    transformers.Trainer(model=TinyReg(), args=make_args(tmp_path / "first", **run), **data).train()
+    expected, actual = _same_subclass_on_both(LoadFromCheckpoint, tmp_path, run, data=data,
+                                              resume_from=str(tmp_path / "first" / "checkpoint-2"))
+    assert expected.loaded_from == actual.loaded_from == "checkpoint-2"
+    assert [e["loss"] for e in actual.state.log_history if "loss" in e] == [e["loss"] for e in expected.state.log_history if "loss" in e]
+    for a, b in zip(expected.model.parameters(), actual.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_load_best_model_override_runs_at_the_end_as_in_transformers(tmp_path):
+    run = dict(max_steps=6, save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2, per_device_train_batch_size=4,
+               learning_rate=0.5, load_best_model_at_end=True)
+    data = dict(train_dataset=RegressionDataset(32), eval_dataset=RegressionDataset(8, seed=1))
+    expected, actual = _same_subclass_on_both(LoadBestModel, tmp_path, run, data=data)
+    assert actual.best_seen == expected.best_seen and expected.best_seen[2] == 6  # after the last step, once
+    assert_same_history(expected.state.log_history, actual.state.log_history, rel=0.0)
+    for a, b in zip(expected.model.parameters(), actual.model.parameters()):
+        assert torch.equal(a, b)

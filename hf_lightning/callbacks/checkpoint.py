@@ -360,7 +360,13 @@ class HFCheckpoint(Checkpoint):
         """After the summary log: load the best model, then the ``save_total_limit=1`` rule (§1.7)."""
         self._agree(trainer, _attempt(self.wait), None)
         if self.args.load_best_model_at_end and state.best_model_checkpoint is not None:
-            load_weights_into(trainer, pl_module, state.best_model_checkpoint)
+            from ..private_overrides import TransformersTrainer
+
+            host = self.flow.host if self.flow is not None else None
+            if isinstance(host, TransformersTrainer):
+                host._load_best_model()  # the facade's, or a subclass's override (sentence-transformers')
+            else:
+                load_weights_into(trainer, pl_module, state.best_model_checkpoint)
         if trainer.is_global_zero and state.best_model_checkpoint is not None and self.args.save_total_limit == 1:
             for checkpoint in hf_format.sort_checkpoints(self.output_dir, best_model_checkpoint=state.best_model_checkpoint):
                 if not os.path.samefile(checkpoint, state.best_model_checkpoint):
