@@ -33,6 +33,9 @@ ROUTED: dict[str, str] = {
     "_save_checkpoint": "called for every checkpoint the run saves; hf_lightning's own (reached through `super()`) writes the folder",
     "_load_from_checkpoint": "called on resume to load the weights, while Lightning restores the checkpoint (hf_lightning's own, reached through `super()`, loads them as transformers does)",
     "_load_best_model": "called at the end of training with `load_best_model_at_end`, after the summary log, on every rank (hf_lightning's own, reached through `super()`, loads the best checkpoint's weights)",
+    "_load_rng_state": "called on resume where transformers calls it: after the skipped batches of the resumed epoch, or at its start (hf_lightning's own, reached through `super()`, sets this rank's generators from the checkpoint)",
+    "_load_scaler": "called when a resumed run starts, right after `_load_optimizer_and_scheduler` (Lightning has restored the scaler; hf_lightning's own has nothing left to load)",
+    "_load_callback_state": "called on resume right after the TrainerState is read (hf_lightning's own, reached through `super()`, rebuilds the stateful TrainerCallbacks)",
     "_load_optimizer_and_scheduler": "called when a resumed run starts, after Lightning restored `optimizer.pt`/`scheduler.pt` (hf_lightning's own, reached through `super()`, has nothing left to load), before `on_train_begin`",
 }
 """Private methods whose override hf_lightning calls where transformers.Trainer calls it."""
@@ -68,10 +71,7 @@ REFUSED: dict[str, Refusal] = {
     "get_cp_size": Refusal("always", "hf_lightning has no context parallelism"),
     "_prepare_context_parallel_inputs": Refusal("always", "hf_lightning has no context parallelism"),
     "store_flos": Refusal("always", "hf_lightning counts `total_flos` itself: override `floating_point_ops`"),
-    "_load_rng_state": Refusal("resume", "hf_lightning restores the random states through Lightning: resume without the override"),
     "_issue_warnings_after_load": Refusal("resume", "hf_lightning reports missing and unexpected keys itself"),
-    "_load_callback_state": Refusal("resume", "hf_lightning restores stateful TrainerCallbacks itself (`restore_callback_states_from_checkpoint`)"),
-    "_load_scaler": Refusal("resume", "hf_lightning restores the gradient scaler through Lightning: resume without the override"),
     "_save_optimizer_and_scheduler": Refusal("always", "hf_lightning writes `optimizer.pt`/`scheduler.pt` atomically: override `_save_checkpoint` or `save_model`"),
     "_save_scaler": Refusal("always", "hf_lightning writes `scaler.pt` atomically: override `_save_checkpoint` or `save_model`"),
     "_save_rng_state": Refusal("always", "hf_lightning writes the `rng_state*.pth` files atomically: override `_save_checkpoint` or `save_model`"),

@@ -36,6 +36,7 @@ from .arguments import LIGHTNING_LOGGERS, resolve_report_to, validate_arguments
 from . import overlaps
 from .builder import _build, build_trainer, lightning_info_muted, make_loggers
 from .callbacks.flow import HFFlowCallback
+from .checkpoint_methods import CheckpointMethods
 from .data import HFDataModule
 from .hooks import TrainerHooks
 from .loops import run_evaluation
@@ -48,7 +49,7 @@ __all__ = ["Trainer", "Seq2SeqTrainer", "on_lightning", "build_trainer", "make_l
 log = logging.getLogger(__name__)
 
 
-class Trainer(transformers.Trainer):
+class Trainer(CheckpointMethods, transformers.Trainer):
     """transformers.Trainer, trained and evaluated by ``lightning.Trainer``.
 
     Takes transformers.Trainer's arguments (``model``, ``args``, ``data_collator``, ``train_dataset``,
@@ -297,53 +298,6 @@ class Trainer(transformers.Trainer):
         return state
 
     # ------------------------------------------------------------------------------ saving
-
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        """Write ``checkpoint-{global_step}`` now (what transformers' JIT checkpointing calls), atomically, on every rank."""
-        trainer, module = self.lightning_trainer, self.module
-        flow = None if trainer is None else next((cb for cb in trainer.callbacks if isinstance(cb, HFFlowCallback)), None)
-        if flow is None or module is None or flow.host is not self or not trainer.training:
-            raise RuntimeError("`_save_checkpoint` writes a checkpoint of the running training; call it during `train()`.")
-        flow._save(trainer, module)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        """Load the weights (or PEFT adapter) of ``resume_from_checkpoint`` into the model, as transformers does.
-
-        On resume hf_lightning loads the weights while Lightning restores the checkpoint; a subclass's override is
-        called there instead (sentence-transformers loads its own model folder), and its ``super()`` call lands here.
-
-        Args:
-            resume_from_checkpoint: the ``checkpoint-N`` folder to load.
-            model: the model to load into (None: the model being trained).
-        """
-        from .callbacks.checkpoint import load_weights_into
-
-        if model is not None and model is not self.model or self.module is None:
-            hf_format.load_weights_into_model(self.model if model is None else model, hf_format.read_weights(resume_from_checkpoint))
-            return
-        load_weights_into(self.lightning_trainer, self.module, resume_from_checkpoint)
-
-    def _load_best_model(self) -> None:
-        """Load the best checkpoint's weights (``load_best_model_at_end``), after the training summary, as transformers.
-
-        A subclass's override runs instead (sentence-transformers records the best step in its model card), and its
-        ``super()`` call lands here. Called on every rank.
-        """
-        from .callbacks.checkpoint import load_weights_into
-        from .callbacks.reporting import trainer_logger
-
-        trainer_logger().info(f"Loading best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")
-        load_weights_into(self.lightning_trainer, self.module, self.state.best_model_checkpoint)
-
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        """Nothing to load: Lightning has restored ``optimizer.pt``/``scheduler.pt`` from ``checkpoint`` before the loop.
-
-        A subclass's override is called when a resumed run starts, after that restore and before ``on_train_begin``, as
-        transformers calls it (TRL's GRPOTrainer restores its entropy controller there); its ``super()`` call lands here.
-
-        Args:
-            checkpoint: the ``checkpoint-N`` folder the run resumes from (None: a fresh run).
-        """
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """transformers' ``save_model``; under a sharding strategy the full weights are gathered first (a collective)."""

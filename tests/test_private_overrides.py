@@ -41,8 +41,11 @@ def test_routed_and_refused_are_transformers_methods():
         ("_maybe_log_save_evaluate", False, False, True),
         ("_inner_training_loop", False, False, True),
         ("_save_rng_state", False, False, True),
-        ("_load_rng_state", False, False, False),
-        ("_load_rng_state", True, False, True),
+        ("_load_rng_state", True, False, False),  # routed
+        ("_load_scaler", True, False, False),  # routed
+        ("_load_callback_state", True, False, False),  # routed
+        ("_issue_warnings_after_load", False, False, False),
+        ("_issue_warnings_after_load", True, False, True),
         ("_load_optimizer_and_scheduler", True, False, False),  # routed
         ("_load_best_model", False, True, False),  # routed
         ("_load_from_checkpoint", True, False, False),  # routed
@@ -132,13 +135,13 @@ def test_a_refused_override_fails_at_construction_with_what_to_do(tmp_path):
 
 
 def test_a_resume_only_override_is_refused_when_resuming_before_training(tmp_path):
-    cls = _with(hf_lightning.Trainer, _load_rng_state=_passthrough("_load_rng_state"))
+    cls = _with(hf_lightning.Trainer, _issue_warnings_after_load=_passthrough("_issue_warnings_after_load"))
     trainer = _build(cls, tmp_path, max_steps=2, save_strategy="steps", save_steps=2, per_device_train_batch_size=4)
     trainer.train()  # not resuming: nothing to refuse
     assert trainer.state.global_step == 2
     weights = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.args.max_steps = 4
-    with pytest.raises(TypeError, match=r"`UserTrainer._load_rng_state` overrides .* resume without the override"):
+    with pytest.raises(TypeError, match=r"`UserTrainer._issue_warnings_after_load` overrides .* reports missing and unexpected keys"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert trainer.state.global_step == 2 and not os.path.exists(tmp_path / "checkpoint-4")
     assert all(torch.equal(a, b) for a, b in zip(weights, trainer.model.parameters()))
@@ -216,12 +219,13 @@ class LoadBestModel:
                 parameter.mul_(0.5)
 
 
-def _same_subclass_on_both(body, tmp_path, run_args, *, resume_from=None, data=None):
+def _same_subclass_on_both(body, tmp_path, run_args, *, resume_from=None, data=None, model=TinyReg):
     trainers = {}
     for name, base in (("transformers", transformers.Trainer), ("hf_lightning", hf_lightning.Trainer)):
         torch.manual_seed(0)
         extra = dict(LIGHTNING_QUIET) if name == "hf_lightning" else {}
-        trainer = trainers[name] = subclass(body, base)(model=TinyReg(), args=make_args(tmp_path / name, **run_args), **data, **extra)
+        inputs = data() if callable(data) else data  # a factory when the inputs hold state (callbacks)
+        trainer = trainers[name] = subclass(body, base)(model=model(), args=make_args(tmp_path / name, **run_args), **inputs, **extra)
         trainer.train(resume_from_checkpoint=resume_from)
     return trainers["transformers"], trainers["hf_lightning"]
 
@@ -245,6 +249,55 @@ def test_load_best_model_override_runs_at_the_end_as_in_transformers(tmp_path):
     data = dict(train_dataset=RegressionDataset(32), eval_dataset=RegressionDataset(8, seed=1))
     expected, actual = _same_subclass_on_both(LoadBestModel, tmp_path, run, data=data)
     assert actual.best_seen == expected.best_seen and expected.best_seen[2] == 6  # after the last step, once
+    assert_same_history(expected.state.log_history, actual.state.log_history, rel=0.0)
+    for a, b in zip(expected.model.parameters(), actual.model.parameters()):
+        assert torch.equal(a, b)
+
+
+class LoadRngState:
+    """Restores as the base does, then reseeds: the dropout masks after the resume show when the override ran."""
+
+    def _load_rng_state(self, checkpoint):
+        super()._load_rng_state(checkpoint)
+        self.resume_calls = getattr(self, "resume_calls", []) + [("rng", os.path.basename(checkpoint))]
+        torch.manual_seed(1234)
+
+
+class LoadScaler:
+    def _load_scaler(self, checkpoint):
+        super()._load_scaler(checkpoint)
+        self.resume_calls = getattr(self, "resume_calls", []) + [("scaler", os.path.basename(checkpoint))]
+
+
+class LoadCallbackState:
+    """Records the early-stopping counter the base restored, then resets it."""
+
+    def _load_callback_state(self):
+        super()._load_callback_state()
+        stopper = next(cb for cb in self.callback_handler.callbacks if isinstance(cb, transformers.EarlyStoppingCallback))
+        self.resume_calls = getattr(self, "resume_calls", []) + [("callbacks", stopper.early_stopping_patience_counter)]
+        stopper.early_stopping_patience_counter = 0
+
+
+@pytest.mark.parametrize("body", [LoadRngState, LoadScaler, LoadCallbackState], ids=lambda body: body.__name__)
+@pytest.mark.parametrize("mid_epoch", [True, False], ids=["mid-epoch", "epoch-boundary"])
+def test_resume_overrides_run_where_transformers_calls_them(tmp_path, body, mid_epoch):
+    """The same subclass of each trainer resumes a transformers checkpoint, in the middle of an epoch (the RNG is restored
+    after the skipped batches) or at its end (at the start of the next): the override runs once, at the same moment."""
+    run = dict(max_steps=8, save_strategy="steps", save_steps=3 if mid_epoch else 4, per_device_train_batch_size=4,
+               learning_rate=0.1, eval_strategy="steps", eval_steps=1, metric_for_best_model="loss",
+               restore_callback_states_from_checkpoint=True)
+
+    def data():
+        return dict(train_dataset=RegressionDataset(16), eval_dataset=RegressionDataset(8, seed=1),
+                    callbacks=[transformers.EarlyStoppingCallback(early_stopping_patience=50)])
+
+    step = 3 if mid_epoch else 4
+    torch.manual_seed(0)
+    transformers.Trainer(model=TinyReg(dropout=0.3), args=make_args(tmp_path / "first", **run), **data()).train()
+    expected, actual = _same_subclass_on_both(body, tmp_path, run, data=data, model=lambda: TinyReg(dropout=0.3),
+                                              resume_from=str(tmp_path / "first" / f"checkpoint-{step}"))
+    assert expected.resume_calls == actual.resume_calls and len(expected.resume_calls) == 1
     assert_same_history(expected.state.log_history, actual.state.log_history, rel=0.0)
     for a, b in zip(expected.model.parameters(), actual.model.parameters()):
         assert torch.equal(a, b)

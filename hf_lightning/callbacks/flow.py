@@ -247,7 +247,10 @@ class HFFlowCallback(LoopDriver):
                     "exist anymore. Ignoring it for this run."
                 )
                 state.best_model_checkpoint = None
-            self._load_callback_state()
+            if self._host_overrides("_load_callback_state"):
+                host._load_callback_state()  # its super() lands in this callback's own
+            else:
+                self._load_callback_state()
         _init_training_references(host, state, plan, self.trial, trainer)
         trainer.fit_loop.epoch_loop.max_steps = plan.max_steps
         trainer.fit_loop.max_epochs = -1 if plan.num_train_epochs == sys.maxsize else plan.num_train_epochs
@@ -271,6 +274,8 @@ class HFFlowCallback(LoopDriver):
             self._rng_restore = "batch" if skip else "epoch"
             if self._host_overrides("_load_optimizer_and_scheduler"):
                 host._load_optimizer_and_scheduler(self.resume["dir"])  # after Lightning's restore, as transformers calls it
+            if self._host_overrides("_load_scaler"):
+                host._load_scaler(self.resume["dir"])
         handler = self.handler
         handler.model = host.model
         handler.optimizer = host.optimizer
@@ -303,7 +308,11 @@ class HFFlowCallback(LoopDriver):
 
     def _restore_rng(self) -> None:
         self._rng_restore = None
-        if self.resume is not None and self.checkpointer is not None:
+        if self.resume is None:
+            return
+        if self._host_overrides("_load_rng_state"):
+            self.host._load_rng_state(self.resume["dir"])  # where transformers calls it; its super() lands in restore_rng
+        elif self.checkpointer is not None:
             self.checkpointer.restore_rng(self.resume["dir"])
 
     @override

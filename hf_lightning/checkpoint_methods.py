@@ -1,0 +1,108 @@
+"""transformers.Trainer's checkpoint methods as hf_lightning implements them: what a subclass's ``super()`` reaches.
+
+transformers' loop calls ``_save_checkpoint`` and the ``_load_*`` methods at fixed moments of a run. hf_lightning calls
+a subclass's override at the same moments (``private_overrides.ROUTED``); without one, Lightning's checkpoint restore
+and hf_lightning's callbacks do the same work directly. The bodies here are where the override's ``super()`` call lands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import hf_format
+from .callbacks.checkpoint import HFCheckpoint, load_weights_into
+from .callbacks.flow import HFFlowCallback
+from .callbacks.reporting import trainer_logger
+
+__all__ = ["CheckpointMethods"]
+
+
+class CheckpointMethods:
+    """``hf_lightning.Trainer``'s ``_save_checkpoint`` and ``_load_*`` methods (a mixin ahead of transformers.Trainer).
+
+    Reads the facade's ``lightning_trainer``, ``module``, ``model`` and ``state``.
+    """
+
+    lightning_trainer: Any
+    module: Any
+    model: Any
+    state: Any
+
+    def _callback_of(self, kind: type) -> Any:
+        """The running Lightning trainer's callback of type ``kind`` (None outside ``train()``)."""
+        trainer = self.lightning_trainer
+        return None if trainer is None else next((cb for cb in trainer.callbacks if isinstance(cb, kind)), None)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """Write ``checkpoint-{global_step}`` now (what transformers' JIT checkpointing calls), atomically, on every rank."""
+        trainer, module = self.lightning_trainer, self.module
+        flow = self._callback_of(HFFlowCallback)
+        if flow is None or module is None or flow.host is not self or not trainer.training:
+            raise RuntimeError("`_save_checkpoint` writes a checkpoint of the running training; call it during `train()`.")
+        flow._save(trainer, module)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Load the weights (or PEFT adapter) of ``resume_from_checkpoint`` into the model, as transformers does.
+
+        On resume hf_lightning loads the weights while Lightning restores the checkpoint; a subclass's override is
+        called there instead (sentence-transformers loads its own model folder), and its ``super()`` call lands here.
+
+        Args:
+            resume_from_checkpoint: the ``checkpoint-N`` folder to load.
+            model: the model to load into (None: the model being trained).
+        """
+        if (model is not None and model is not self.model) or self.module is None:
+            hf_format.load_weights_into_model(self.model if model is None else model, hf_format.read_weights(resume_from_checkpoint))
+            return
+        load_weights_into(self.lightning_trainer, self.module, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        """Load the best checkpoint's weights (``load_best_model_at_end``), after the training summary, as transformers.
+
+        A subclass's override runs instead (sentence-transformers records the best step in its model card), and its
+        ``super()`` call lands here. Called on every rank.
+        """
+        trainer_logger().info(f"Loading best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")
+        load_weights_into(self.lightning_trainer, self.module, self.state.best_model_checkpoint)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        """Set the random generators from this rank's ``rng_state*.pth`` of the checkpoint the run resumes from.
+
+        hf_lightning calls it where transformers does (after the skipped batches of the resumed epoch, or at its start);
+        a subclass's override is called there instead, and its ``super()`` call lands here.
+
+        Args:
+            checkpoint: the ``checkpoint-N`` folder the run resumes from (None: nothing to restore).
+        """
+        checkpointer = self._callback_of(HFCheckpoint)
+        if checkpoint is not None and checkpointer is not None:
+            checkpointer.restore_rng(checkpoint)
+
+    def _load_scaler(self, checkpoint: str | None) -> None:
+        """Nothing to load: Lightning has restored the gradient scaler from ``checkpoint`` before the loop.
+
+        A subclass's override is called when a resumed run starts, right after ``_load_optimizer_and_scheduler``.
+
+        Args:
+            checkpoint: the ``checkpoint-N`` folder the run resumes from.
+        """
+
+    def _load_callback_state(self) -> None:
+        """Rebuild the stateful TrainerCallbacks from the resumed ``TrainerState`` (``restore_callback_states_from_checkpoint``).
+
+        Called on resume right after the state is read, as transformers does; a subclass's override is called there
+        instead, and its ``super()`` call lands here.
+        """
+        flow = self._callback_of(HFFlowCallback)
+        if flow is not None:
+            flow._load_callback_state()
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Nothing to load: Lightning has restored ``optimizer.pt``/``scheduler.pt`` from ``checkpoint`` before the loop.
+
+        A subclass's override is called when a resumed run starts, after that restore and before ``on_train_begin``, as
+        transformers calls it (TRL's GRPOTrainer restores its entropy controller there); its ``super()`` call lands here.
+
+        Args:
+            checkpoint: the ``checkpoint-N`` folder the run resumes from (None: a fresh run).
+        """
