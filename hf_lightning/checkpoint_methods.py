@@ -3,6 +3,7 @@
 transformers' loop calls ``_save_checkpoint`` and the ``_load_*`` methods at fixed moments of a run. hf_lightning calls
 a subclass's override at the same moments (``private_overrides.ROUTED``); without one, Lightning's checkpoint restore
 and hf_lightning's callbacks do the same work directly. The bodies here are where the override's ``super()`` call lands.
+Called outside ``train()`` (a test, a script), a ``_load_*`` method is transformers' own.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ class CheckpointMethods:
         trainer = self.lightning_trainer
         return None if trainer is None else next((cb for cb in trainer.callbacks if isinstance(cb, kind)), None)
 
+    def _training(self) -> bool:
+        """Inside ``train()``: the ``_load_*`` methods then work on the running fit; called on their own they are transformers'."""
+        trainer = self.lightning_trainer
+        return trainer is not None and self.module is not None and bool(trainer.training) and self._callback_of(HFFlowCallback) is not None
+
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """Write ``checkpoint-{global_step}`` now (what transformers' JIT checkpointing calls), atomically, on every rank."""
         trainer, module = self.lightning_trainer, self.module
@@ -51,7 +57,7 @@ class CheckpointMethods:
             resume_from_checkpoint: the ``checkpoint-N`` folder to load.
             model: the model to load into (None: the model being trained).
         """
-        if (model is not None and model is not self.model) or self.module is None:
+        if (model is not None and model is not self.model) or not self._training():
             hf_format.load_weights_into_model(self.model if model is None else model, hf_format.read_weights(resume_from_checkpoint))
             return
         load_weights_into(self.lightning_trainer, self.module, resume_from_checkpoint)
@@ -62,6 +68,8 @@ class CheckpointMethods:
         A subclass's override runs instead (sentence-transformers records the best step in its model card), and its
         ``super()`` call lands here. Called on every rank.
         """
+        if not self._training():
+            return super()._load_best_model()  # type: ignore[misc]
         trainer_logger().info(f"Loading best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")
         load_weights_into(self.lightning_trainer, self.module, self.state.best_model_checkpoint)
 
@@ -74,6 +82,8 @@ class CheckpointMethods:
         Args:
             checkpoint: the ``checkpoint-N`` folder the run resumes from (None: nothing to restore).
         """
+        if not self._training():
+            return super()._load_rng_state(checkpoint)  # type: ignore[misc]
         checkpointer = self._callback_of(HFCheckpoint)
         if checkpoint is not None and checkpointer is not None:
             checkpointer.restore_rng(checkpoint)
@@ -86,6 +96,8 @@ class CheckpointMethods:
         Args:
             checkpoint: the ``checkpoint-N`` folder the run resumes from.
         """
+        if not self._training():
+            super()._load_scaler(checkpoint)  # type: ignore[misc]
 
     def _load_callback_state(self) -> None:
         """Rebuild the stateful TrainerCallbacks from the resumed ``TrainerState`` (``restore_callback_states_from_checkpoint``).
@@ -93,9 +105,9 @@ class CheckpointMethods:
         Called on resume right after the state is read, as transformers does; a subclass's override is called there
         instead, and its ``super()`` call lands here.
         """
-        flow = self._callback_of(HFFlowCallback)
-        if flow is not None:
-            flow._load_callback_state()
+        if not self._training():
+            return super()._load_callback_state()  # type: ignore[misc]
+        self._callback_of(HFFlowCallback)._load_callback_state()
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """Nothing to load: Lightning has restored ``optimizer.pt``/``scheduler.pt`` from ``checkpoint`` before the loop.
@@ -106,3 +118,5 @@ class CheckpointMethods:
         Args:
             checkpoint: the ``checkpoint-N`` folder the run resumes from (None: a fresh run).
         """
+        if not self._training():
+            super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]

@@ -301,3 +301,22 @@ def test_resume_overrides_run_where_transformers_calls_them(tmp_path, body, mid_
     assert_same_history(expected.state.log_history, actual.state.log_history, rel=0.0)
     for a, b in zip(expected.model.parameters(), actual.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_load_methods_called_outside_train_are_transformers_own(tmp_path):
+    """Called on their own (a script, transformers' own tests), ``_load_callback_state`` and ``_load_rng_state`` restore
+    what transformers' do: the TrainerControl saved with the state, and this process's generators."""
+    run = dict(max_steps=2, save_strategy="steps", save_steps=2, per_device_train_batch_size=4, restore_callback_states_from_checkpoint=True)
+    _build(hf_lightning.Trainer, tmp_path, **run).train()
+    checkpoint = str(tmp_path / "checkpoint-2")
+    restored = {}
+    for name, base in (("transformers", transformers.Trainer), ("hf_lightning", hf_lightning.Trainer)):
+        extra = dict(LIGHTNING_QUIET) if name == "hf_lightning" else {}
+        trainer = base(model=TinyReg(), args=make_args(tmp_path / name, **run), train_dataset=RegressionDataset(16), **extra)
+        trainer.state = transformers.TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        trainer._load_callback_state()
+        torch.manual_seed(99)
+        trainer._load_rng_state(checkpoint)
+        restored[name] = (trainer.control.should_training_stop, torch.rand(3))
+    assert restored["hf_lightning"][0] is restored["transformers"][0] is True
+    assert torch.equal(restored["hf_lightning"][1], restored["transformers"][1])
