@@ -232,6 +232,7 @@ def test_grpo_resumes_from_trls_checkpoint_as_trl_does(tmp_path):
     assert sorted(os.listdir(tmp_path / "trl" / "checkpoint-6")) == sorted(os.listdir(tmp_path / "hl" / "checkpoint-6"))
 
 @pytest.mark.distributed
+@pytest.mark.slow  # two torchrun launches of TRL, ~20 s: `pytest -m slow tests/test_trl.py`
 def test_grpo_in_two_processes_on_lightning_equals_trl_under_torchrun(tmp_path):
     """GRPO gathers the rewards of all ranks to compute each group's advantage and generates on every rank: under
     Lightning's DDP (2 CPU processes, gloo) the log_history and the final weights are TRL's under torchrun, bit for bit."""
