@@ -3,7 +3,8 @@
 transformers' loop calls ``_save_checkpoint`` and the ``_load_*`` methods at fixed moments of a run. hf_lightning calls
 a subclass's override at the same moments (``private_overrides.ROUTED``); without one, Lightning's checkpoint restore
 and hf_lightning's callbacks do the same work directly. The bodies here are where the override's ``super()`` call lands.
-Called outside ``train()`` (a test, a script), a ``_load_*`` method is transformers' own.
+Called outside ``train()`` (a test, a script), a ``_load_*`` method is transformers' own, except ``_load_from_checkpoint``,
+which reads the weights with hf_lightning's reader (safetensors, or ``.bin`` with ``weights_only=True``).
 """
 
 from __future__ import annotations

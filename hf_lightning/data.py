@@ -461,11 +461,11 @@ class HFDataModule(pl.LightningDataModule):
 
     @override
     def train_dataloader(self) -> GroupedLoader:
-        from .private_overrides import user_override
+        from .hooks import overrides
 
         source = self.source if self.source is not None else self
         # A get_train_dataloader of the user's (sentence-transformers') picks the columns itself: check only for emptiness.
-        prunes_columns = self.args.remove_unused_columns and not user_override(type(source), "get_train_dataloader")
+        prunes_columns = self.args.remove_unused_columns and not overrides(type(source), "get_train_dataloader")
         check_train_dataset(source.train_dataset, *self._columns_and_name(), prunes_columns, getattr(self._hooks(), "label_names", None) or self.args.label_names)  # issue 13
         return GroupedLoader(source.get_train_dataloader(), self.args.gradient_accumulation_steps)
 

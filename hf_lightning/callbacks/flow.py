@@ -377,7 +377,7 @@ class HFFlowCallback(LoopDriver):
             if hf_state.strategy_name(self.args.save_strategy) == "best":
                 self.control.should_save = new_best
         if self.control.should_save:
-            if self._host_saves_checkpoints:
+            if self._host_overrides("_save_checkpoint"):  # TRL's trainers write a model card there
                 self.host._save_checkpoint(pl_module.model, self.trial)  # its super() reaches Trainer._save_checkpoint
             else:
                 self._save(trainer, pl_module)
@@ -408,11 +408,6 @@ class HFFlowCallback(LoopDriver):
 
         host = self.host
         return isinstance(host, TransformersTrainer) and overrides(type(host), name)
-
-    @property
-    def _host_saves_checkpoints(self) -> bool:
-        """The host overrides ``_save_checkpoint`` (TRL's trainers write a model card there)."""
-        return self._host_overrides("_save_checkpoint")
 
     def _save(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if self.checkpointer is None:
