@@ -19,7 +19,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
-from . import distributed, overlaps
+from . import distributed, launching, overlaps
 from .arguments import LIGHTNING_LOGGERS, precision_for, process_log_level, resolve_report_to, trainer_limits, validate_arguments
 from .callbacks.checkpoint import HFCheckpoint, install_checkpoint_connector
 from .callbacks.flow import HFFlowCallback
@@ -163,7 +163,7 @@ def _build(args: TrainingArguments, overrides: dict[str, Any], *, seed: bool, hu
     _autocast_the_forward_only(kwargs, device_type)
     with lightning_banners_muted():  # quiet by default (issue 11): no hardware/tip banners, see console.BANNERS
         trainer = pl.Trainer(**kwargs)
-    distributed.prepare_launcher(trainer)
+    launching.prepare_launcher(trainer)
     install_checkpoint_connector(trainer)
     set_process_log_level(args, trainer)  # again in HFFlowCallback.setup, where spawned ranks are known
     return trainer

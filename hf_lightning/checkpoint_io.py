@@ -59,7 +59,7 @@ class HFCheckpointIO(CheckpointIO):
                 future.result()
 
     def _write_rest(self, checkpoint: dict[str, Any], extras: dict[str, Any], model: Any, path: Any, pool: Any, pending: list) -> None:
-        if "state_dict" in checkpoint and not extras.get("model_written"):  # absent: a sharded strategy (distributed.py)
+        if "state_dict" in checkpoint and not extras.get("model_written"):  # absent: a sharded strategy (fsdp_strategies.py)
             # or the host's own save_model wrote the weights
             state_dict = {k[len(MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
             hf_format.save_model_files(
@@ -120,7 +120,7 @@ def load_hf_checkpoint(path: str, *, with_weights: bool = True, steps_in_use: An
     each file and field. A missing ``optimizer.pt``/``scheduler.pt`` is not an error: that part
     starts fresh (``extras["fresh"]`` says which; ``HFCheckpoint`` warns) and the intact files are
     still loaded. ``with_weights=False`` leaves out the weights and the optimizer, for strategies
-    that load them in place (the FSDP layouts, ``distributed.py``). ``steps_in_use``: the
+    that load them in place (the FSDP layouts, ``fsdp_strategies.py``). ``steps_in_use``: the
     ``*_steps`` fields of ``trainer_state.json`` that must be positive (``HFCheckpoint`` checks them
     against the run's strategies; negative values are always refused).
     """

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from hf_lightning import distributed, fsdp_checkpoint
+from hf_lightning import distributed, fsdp_checkpoint, launching
 from hf_lightning.hf_format import CheckpointError
 from helpers import make_args
 
@@ -69,7 +69,7 @@ def test_build_trainer_uses_ddp_and_the_ranked_launcher(tmp_path: Path) -> None:
 
     trainer = hf_lightning.build_trainer(make_args(tmp_path, ddp_find_unused_parameters=False), accelerator="cpu", devices=2)
     assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.strategy._ddp_kwargs == {"find_unused_parameters": False}
-    assert isinstance(trainer.strategy.launcher, distributed._RankedScriptLauncher)
+    assert isinstance(trainer.strategy.launcher, launching._RankedScriptLauncher)
 
 
 def test_ranked_launcher_gives_children_their_global_rank(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +84,7 @@ def test_ranked_launcher_gives_children_their_global_rank(monkeypatch: pytest.Mo
     before = dict(os.environ)
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in keys})
     environment = SimpleNamespace(main_address="127.0.0.1", main_port=12345, node_rank=lambda: 1, local_rank=lambda: 0)
-    launcher = distributed._RankedScriptLauncher(environment, num_processes=3, num_nodes=2)
+    launcher = launching._RankedScriptLauncher(environment, num_processes=3, num_nodes=2)
     launcher._call_children_scripts()
     assert [(e["RANK"], e["LOCAL_RANK"], e["WORLD_SIZE"], e["LOCAL_WORLD_SIZE"]) for e in started] == [("4", "1", "6", "3"), ("5", "2", "6", "3")]
     assert os.environ["RANK"] == "3" and os.environ["LOCAL_RANK"] == "0"
