@@ -19,7 +19,8 @@ from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
-from .hf_format import INCOMPLETE_MARKER, TRAINER_STATE_NAME, checkpoint_name, checkpoint_step, writing
+from .hf_format import INCOMPLETE_MARKER, TRAINER_STATE_NAME, checkpoint_name, checkpoint_step
+from .save_errors import writing
 
 __all__ = [
     "new_owner_id",

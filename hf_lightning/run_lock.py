@@ -140,13 +140,13 @@ def _locked_message(output_dir: Path, holder: LockHolder | None, path: Path) -> 
 
 
 def _not_writable(output_dir: Path, error: OSError) -> OutputDirNotWritableError:
-    from .hf_format import _cause_text, _human_bytes, free_space
+    from .save_errors import cause_text, free_space, human_bytes
 
     free = free_space(output_dir)
     return OutputDirNotWritableError(
-        f"`output_dir={str(output_dir)!r}` is not writable: {_cause_text(error, free)}"
+        f"`output_dir={str(output_dir)!r}` is not writable: {cause_text(error, free)}"
         f"{'' if error.filename is None else f' ({error.filename})'}. Free space there: "
-        f"{'unknown' if free is None else _human_bytes(free)}. Checkpoints are written there; choose a folder this "
+        f"{'unknown' if free is None else human_bytes(free)}. Checkpoints are written there; choose a folder this "
         "process can write to."
     )
 

@@ -20,8 +20,8 @@ import torch
 from hardening_helpers import tiny_trainer
 from transformers import TrainerCallback
 
-from hf_lightning import checkpoint_folders, hf_format, run_lock
-from hf_lightning.hf_format import CheckpointSaveError
+from hf_lightning import checkpoint_folders, run_lock, save_errors
+from hf_lightning.save_errors import CheckpointSaveError
 
 
 def assert_previous_checkpoint_stays(out, newest: str = "checkpoint-2") -> None:
@@ -63,7 +63,7 @@ def test_torch_enforce_failure_on_a_full_disk(tmp_path, monkeypatch):
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", full)
-    monkeypatch.setattr(hf_format, "free_space", lambda path: 4096)
+    monkeypatch.setattr(save_errors, "free_space", lambda path: 4096)
     with pytest.raises(CheckpointSaveError) as raised:
         tiny_trainer(out).train()
     message = str(raised.value)

@@ -42,7 +42,7 @@ from typing_extensions import override
 
 from .. import checkpoint_folders, distributed, hf_format, run_lock
 from ..checkpoint_io import EXTRAS_KEY
-from ..hf_format import CheckpointSaveError
+from ..save_errors import CheckpointSaveError, writing
 from ..state import strategy_name
 
 __all__ = ["HFCheckpoint", "install_checkpoint_connector", "export_model", "load_weights_into", "snapshot_state"]
@@ -249,7 +249,7 @@ class HFCheckpoint(Checkpoint):
         tmp = os.path.join(self.output_dir, checkpoint_folders.temporary_name(step, self.run_id))
 
         def make_tmp() -> None:
-            with hf_format.writing(tmp):
+            with writing(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
                 os.makedirs(tmp, exist_ok=True)
 
@@ -385,7 +385,7 @@ def _attempt(fn: Any) -> BaseException | None:
 
 def _written(folder: str, fn: Any) -> None:
     """Run a write into ``folder``; a failure that names no file is reported as one in ``folder``."""
-    with hf_format.writing(folder):
+    with writing(folder):
         fn()
 
 
