@@ -1,6 +1,7 @@
 """transformers.Trainer's checkpoint methods as hf_lightning implements them: what a subclass's ``super()`` reaches.
 
-transformers' loop calls ``_save_checkpoint`` and the ``_load_*`` methods at fixed moments of a run. hf_lightning calls
+transformers' loop calls ``_maybe_log_save_evaluate`` (which decides the saves), ``_save_checkpoint`` and the ``_load_*``
+methods at fixed moments of a run. hf_lightning calls
 a subclass's override at the same moments (``private_overrides.ROUTED``); without one, Lightning's checkpoint restore
 and hf_lightning's callbacks do the same work directly. The bodies here are where the override's ``super()`` call lands.
 Called outside ``train()`` (a test, a script), a ``_load_*`` method is transformers' own, except ``_load_from_checkpoint``,
@@ -20,7 +21,8 @@ __all__ = ["CheckpointMethods"]
 
 
 class CheckpointMethods:
-    """``hf_lightning.Trainer``'s ``_save_checkpoint`` and ``_load_*`` methods (a mixin ahead of transformers.Trainer).
+    """``hf_lightning.Trainer``'s ``_maybe_log_save_evaluate``, ``_save_checkpoint`` and ``_load_*`` methods (a mixin
+    ahead of transformers.Trainer).
 
     Reads the facade's ``lightning_trainer``, ``module``, ``model`` and ``state``.
     """
@@ -47,6 +49,38 @@ class CheckpointMethods:
         if flow is None or module is None or flow.host is not self or not trainer.training:
             raise RuntimeError("`_save_checkpoint` writes a checkpoint of the running training; call it during `train()`.")
         flow._save(trainer, module)
+
+    def _maybe_log_save_evaluate(
+        self,
+        tr_loss: Any,
+        grad_norm: Any,
+        model: Any,
+        trial: Any,
+        epoch: float,
+        ignore_keys_for_eval: list[str] | None,
+        start_time: float,
+        learning_rate: float | None = None,
+    ) -> None:
+        """Log, evaluate and save as ``self.control`` asks, after each optimizer step and at each epoch end.
+
+        hf_lightning calls a subclass's override there with transformers' arguments, and its ``super()`` call lands
+        here. The arguments are the run's own: ``tr_loss`` is the loss summed since the last log (this body resets
+        it, as transformers' does), and the counters are ``self._globalstep_last_logged`` and ``self._total_loss_scalar``.
+
+        Args:
+            tr_loss: the loss summed since the last log (a tensor on the device).
+            grad_norm: the last optimizer step's gradient norm.
+            model: the model being trained.
+            trial: the hyperparameter-search trial, or None.
+            epoch: the epoch being trained.
+            ignore_keys_for_eval: output keys that evaluation ignores.
+            start_time: when ``train()`` started (``time.time()``).
+            learning_rate: the learning rate of the last optimizer step.
+        """
+        flow = self._callback_of(HFFlowCallback)
+        if flow is None or flow.host is not self or not self._training():
+            raise RuntimeError("`_maybe_log_save_evaluate` logs, evaluates and saves the running training; it runs during `train()`.")
+        flow.log_save_evaluate_for_host(self.lightning_trainer, self.module)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """Load the weights (or PEFT adapter) of ``resume_from_checkpoint`` into the model, as transformers does.

@@ -498,12 +498,13 @@ class HFModule(pl.LightningModule):
     def pop_train_loss(self) -> float:
         """Mean over ranks of the loss summed since the last log; resets it. A collective."""
         value = torch.zeros((), device=self.device) if self._tr_loss is None else self._tr_loss
-        value = distributed.reduce_mean(self.trainer.strategy, value.float())
+        value = float(distributed.reduce_mean(self.trainer.strategy, value.float()).item())
         if self._tr_loss is not None:
-            # transformers resets with `tr_loss -= tr_loss`: a NaN (filter off) stays NaN for the rest of the run.
-            self._tr_loss = self._tr_loss - self._tr_loss
+            # transformers resets with `tr_loss -= tr_loss`, in place (the tensor _maybe_log_save_evaluate was handed
+            # reads 0 after it): a NaN (filter off) stays NaN for the rest of the run.
+            self._tr_loss -= self._tr_loss
         self.last_logged_step = self.trainer.global_step
-        return float(value.item())
+        return value
 
     def last_grad_norm(self) -> float | None:
         norm = self._grad_norm

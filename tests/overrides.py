@@ -251,12 +251,58 @@ class CustomSaveCheckpoint:
         super()._save_checkpoint(model, trial)
 
 
+class CopiedLogSaveEvaluate:
+    """``_maybe_log_save_evaluate`` copied from transformers 5 with one more key in each training log, as research code
+    copies it to log more losses: it reads and resets ``tr_loss`` in place and keeps the trainer's counters itself."""
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate=None):
+        from transformers.trainer_pt_utils import nested_gather
+
+        control = self.control
+        CALLS.append(("_maybe_log_save_evaluate", self.state.global_step, epoch, control.should_log, control.should_evaluate, control.should_save))
+        if self.control.should_log and self.state.global_step > self._globalstep_last_logged:
+            tr_loss_scalar = nested_gather(tr_loss, self.args.parallel_mode).mean().item()
+            tr_loss -= tr_loss
+            window = self.state.global_step - self._globalstep_last_logged
+            logs = {"loss": tr_loss_scalar / window}
+            if grad_norm is not None:
+                logs["grad_norm"] = grad_norm.item() if isinstance(grad_norm, torch.Tensor) else grad_norm
+            logs["learning_rate"] = learning_rate if learning_rate is not None else self._get_learning_rate()
+            logs["window"] = window
+            self._total_loss_scalar += tr_loss_scalar
+            self._globalstep_last_logged = self.state.global_step
+            self.store_flos()
+            self.log(logs, start_time)
+        if self.control.should_evaluate:
+            metrics = self._evaluate(trial, ignore_keys_for_eval)
+            is_new_best_metric = self._determine_best_metric(metrics=metrics, trial=trial)
+            if self.args.save_strategy == "best":
+                self.control.should_save = is_new_best_metric
+        if self.control.should_save:
+            self._save_checkpoint(model, trial)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+
+
+class WrappedLogSaveEvaluate:
+    """``_maybe_log_save_evaluate`` around ``super()``: records its arguments, skips the evaluation at step 3."""
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate=None):
+        CALLS.append((
+            "_maybe_log_save_evaluate", self.state.global_step, epoch, round(float(tr_loss), 5), round(float(grad_norm), 5),
+            learning_rate, getattr(model, "module", model) is self.model, trial,  # transformers hands DDP's wrapper over ignore_keys_for_eval, self._globalstep_last_logged,
+        ))
+        if self.state.global_step == 3:
+            self.control.should_evaluate = False
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate=learning_rate)
+        CALLS.append(("after", self._globalstep_last_logged, round(self._total_loss_scalar, 5), float(tr_loss)))
+
+
 BODIES = {
     cls.__name__: cls
     for cls in (
         CustomLoss, SuperTrainingStep, OwnTrainingStep, CustomPredictionStep, CustomEvaluationLoop,
         QuestionAnsweringStyleEvaluate, CustomPredict, CustomLoaders, CustomOptimizer, NoDecay, CustomLog,
         CustomSaveModel, ContextManagers, ConstantFlos, CustomPrepareInputs, CustomNumItems, CustomClipGradNorm,
-        CustomLearningRate, CustomSave, CustomSaveCheckpoint,
+        CustomLearningRate, CustomSave, CustomSaveCheckpoint, CopiedLogSaveEvaluate, WrappedLogSaveEvaluate,
     )
 }

@@ -22,6 +22,7 @@ BODIES = (
     "CustomLoss", "OwnTrainingStep", "SuperTrainingStep", "CustomPredictionStep", "QuestionAnsweringStyleEvaluate",
     "CustomEvaluationLoop", "CustomLog", "CustomOptimizer", "CustomSaveModel", "CustomLoaders", "ConstantFlos",
     "CustomPrepareInputs", "CustomNumItems", "CustomClipGradNorm", "CustomLearningRate", "CustomSave", "CustomSaveCheckpoint",
+    "CopiedLogSaveEvaluate", "WrappedLogSaveEvaluate",
 )
 
 

@@ -14,6 +14,7 @@ import transformers
 import hf_lightning
 from hf_lightning.private_overrides import REFUSED, ROUTED, refused_overrides, user_override
 from helpers import LIGHTNING_QUIET, assert_same_history, make_args
+import overrides
 from overrides import subclass
 from tiny import RegressionDataset, TinyReg
 
@@ -38,7 +39,7 @@ def test_routed_and_refused_are_transformers_methods():
     "method,resuming,load_best,refused",
     [
         ("get_batch_samples", False, False, True),
-        ("_maybe_log_save_evaluate", False, False, True),
+        ("_maybe_log_save_evaluate", False, False, False),  # routed
         ("_inner_training_loop", False, False, True),
         ("_save_rng_state", False, False, True),
         ("_load_rng_state", True, False, False),  # routed
@@ -125,12 +126,12 @@ def _build(cls: type, out, **args):
 
 def test_a_refused_override_fails_at_construction_with_what_to_do(tmp_path):
     cls = _with(hf_lightning.Trainer, get_batch_samples=_passthrough("get_batch_samples"),
-                _maybe_log_save_evaluate=_passthrough("_maybe_log_save_evaluate"))
+                store_flos=_passthrough("store_flos"))
     with pytest.raises(TypeError) as raised:
         _build(cls, tmp_path, max_steps=2)
     message = str(raised.value)
     assert "`UserTrainer.get_batch_samples`" in message and "`_get_num_items_in_batch`" in message
-    assert "`UserTrainer._maybe_log_save_evaluate`" in message and "`on_log`" in message
+    assert "`UserTrainer.store_flos`" in message and "`floating_point_ops`" in message
     assert not os.path.exists(tmp_path / "checkpoint-2")
 
 
@@ -320,3 +321,21 @@ def test_load_methods_called_outside_train_are_transformers_own(tmp_path):
         restored[name] = (trainer.control.should_training_stop, torch.rand(3))
     assert restored["hf_lightning"][0] is restored["transformers"][0] is True
     assert torch.equal(restored["hf_lightning"][1], restored["transformers"][1])
+
+
+def test_a_copied_maybe_log_save_evaluate_feeds_lightnings_callback_metrics(tmp_path):
+    """The training logs a copied ``_maybe_log_save_evaluate`` writes reach Lightning too (progress bar, callbacks)."""
+    cls = subclass(overrides.CopiedLogSaveEvaluate, hf_lightning.Trainer)
+    trainer = _build(cls, tmp_path, max_steps=4, logging_steps=2, per_device_train_batch_size=4)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "window" in entry]
+    assert [entry["step"] for entry in logs] == [2, 4] and all(entry["window"] == 2 for entry in logs)
+    metrics = trainer.lightning_trainer.callback_metrics
+    assert float(metrics["loss"]) == pytest.approx(logs[-1]["loss"], rel=1e-6)
+    assert float(metrics["learning_rate"]) == pytest.approx(logs[-1]["learning_rate"])
+
+
+def test_maybe_log_save_evaluate_outside_train_says_when_it_runs(tmp_path):
+    trainer = _build(hf_lightning.Trainer, tmp_path, max_steps=2)
+    with pytest.raises(RuntimeError, match="`_maybe_log_save_evaluate` .* during `train\\(\\)`"):
+        trainer._maybe_log_save_evaluate(torch.zeros(()), None, trainer.model, None, 0, None, 0.0)

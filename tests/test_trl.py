@@ -202,6 +202,34 @@ def test_other_trl_trainers_on_lightning_equal_trl(tmp_path, name):
         assert sorted(os.listdir(tmp_path / "trl" / step)) == sorted(os.listdir(tmp_path / "hl" / step))
 
 
+def test_online_dpo_overrides_maybe_log_save_evaluate_and_runs_on_lightning_as_in_trl(tmp_path):
+    """TRL's OnlineDPOTrainer copies transformers' ``_maybe_log_save_evaluate`` to add its own metrics to each training
+    log (and resets ``tr_loss`` in place): routed, so its logs, weights and checkpoints on Lightning are TRL's own.
+    Without evaluation: TRL's own run cannot evaluate a prompt-only dataset."""
+    import datasets
+    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    tokenizer = write_tokenizer(tmp_path / "tokenizer")
+    tokenizer.eos_token = "[SEP]"
+    policy = _saved_llama(tmp_path / "policy", tokenizer)
+    arguments = {**{k: v for k, v in ONLINE.items() if k != "max_completion_length"}, "max_new_tokens": 8, "eval_strategy": "no"}
+
+    def run(cls, out, **kwargs):
+        trainer = cls(model=policy, reward_funcs=_reward_length, args=OnlineDPOConfig(output_dir=str(tmp_path / out), **arguments),
+                      processing_class=tokenizer, train_dataset=datasets.Dataset.from_dict(_prompts(16)), **kwargs)
+        trainer.train()
+        return trainer
+
+    stock = run(OnlineDPOTrainer, "trl")
+    ours = run(hf_lightning.on_lightning(OnlineDPOTrainer), "hl", **LIGHTNING_QUIET)
+    history = ours.state.log_history
+    assert [entry["step"] for entry in history if "objective/kl" in entry] == [1, 2, 3, 4]  # TRL's metrics, from its override
+    assert_same_history(stock.state.log_history, history, rel=0.0)
+    assert_same_weights(stock.model, ours.model, atol=0.0)
+    for step in ("checkpoint-2", "checkpoint-4"):
+        assert sorted(os.listdir(tmp_path / "trl" / step)) == sorted(os.listdir(tmp_path / "hl" / step))
+
+
 def test_grpo_resumes_from_trls_checkpoint_as_trl_does(tmp_path):
     """GRPO overrides ``_load_optimizer_and_scheduler`` (its entropy controller's state): routed, so
     ``on_lightning(GRPOTrainer)`` resumes TRL's own ``checkpoint-3`` and continues exactly as TRL's resumed run."""

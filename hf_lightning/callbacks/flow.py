@@ -368,7 +368,53 @@ class HFFlowCallback(LoopDriver):
     # ------------------------------------------------------------------- log, evaluate, save
 
     def _maybe_log_save_evaluate(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        """``Trainer._maybe_log_save_evaluate``: log, then evaluate, then save, as the control asks."""
+        """``Trainer._maybe_log_save_evaluate``: the host's override where transformers calls it, else hf_lightning's own."""
+        if self._host_overrides("_maybe_log_save_evaluate"):
+            self._call_host_log_save_evaluate(trainer, pl_module)
+        else:
+            self._log_save_evaluate(trainer, pl_module)
+
+    def _call_host_log_save_evaluate(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Call the override with transformers' arguments; the host's ``_tr_loss``, ``_globalstep_last_logged`` and
+        ``_total_loss_scalar`` are this run's counters while it runs (a copied body resets ``tr_loss`` in place)."""
+        self._sync_tokens()  # transformers counts tokens into the state per micro-batch: they are there before any log
+        if pl_module._tr_loss is None:
+            pl_module._tr_loss = torch.zeros((), device=pl_module.device, dtype=torch.float32)
+        history = len(self.state.log_history)
+        self._counters_to_host(pl_module)
+        try:
+            self.host._maybe_log_save_evaluate(
+                pl_module._tr_loss, pl_module._grad_norm, pl_module.model, self.trial, trainer.current_epoch,
+                self.ignore_keys_for_eval, self._start_time, learning_rate=pl_module.last_learning_rate(),
+            )
+        finally:
+            self._counters_from_host(pl_module)
+        for logs in self.state.log_history[history:]:  # a training log written by the override feeds Lightning too
+            if isinstance(logs.get("loss"), float) and isinstance(logs.get("learning_rate"), float):
+                self._show_training_log(trainer, pl_module, logs)
+
+    def log_save_evaluate_for_host(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """hf_lightning's ``_maybe_log_save_evaluate``, where an override's ``super()`` call lands."""
+        self._counters_from_host(pl_module)
+        try:
+            self._log_save_evaluate(trainer, pl_module)
+        finally:
+            self._counters_to_host(pl_module)
+
+    def _counters_to_host(self, pl_module: Any) -> None:
+        host = self.host
+        host._tr_loss = pl_module._tr_loss
+        host._globalstep_last_logged = pl_module.last_logged_step
+        host._total_loss_scalar = self._total_loss_scalar
+
+    def _counters_from_host(self, pl_module: Any) -> None:
+        host = self.host
+        pl_module._tr_loss = host._tr_loss
+        pl_module.last_logged_step = host._globalstep_last_logged
+        self._total_loss_scalar = host._total_loss_scalar
+
+    def _log_save_evaluate(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """transformers' ``_maybe_log_save_evaluate`` body: log, then evaluate, then save, as the control asks."""
         if self.control.should_log and self.state.global_step > pl_module.last_logged_step:
             self._log_training(trainer, pl_module)
         if self.control.should_evaluate:
@@ -393,6 +439,10 @@ class HFFlowCallback(LoopDriver):
         self._store_flos(pl_module)
         self._sync_tokens()
         self.host.log(logs, self._start_time)
+        self._show_training_log(trainer, pl_module, logs)
+
+    def _show_training_log(self, trainer: pl.Trainer, pl_module: Any, logs: dict[str, Any]) -> None:
+        """A training log's loss and learning rate to the progress bar and Lightning's ``callback_metrics``."""
         self.progress_metrics = {"loss": logs["loss"], "lr": logs["learning_rate"]}
         to_callback_metrics(trainer, pl_module, {k: logs[k] for k in ("loss", "grad_norm", "learning_rate") if isinstance(logs.get(k), float)})
 
